@@ -1,0 +1,140 @@
+"""Linear, Embedding and Dropout: the layers around a recurrent core.
+
+Each keeps the contract of ``Module``: ``forward`` caches what ``backward`` needs, and
+``backward`` writes parameter gradients in place and returns the gradient of its input.
+Weights are laid out and named as PyTorch's, and initialised as PyTorch's defaults from a
+``numpy.random.Generator`` passed in.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .module import Module
+
+
+def _rng(rng) -> np.random.Generator:
+    if rng is None:
+        return np.random.default_rng()
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    return rng
+
+
+class Linear(Module):
+    """``y = x W^T + b`` over the last axis: ``(..., in_features) -> (..., out_features)``.
+
+    ``weight`` is ``(out_features, in_features)`` and ``bias`` ``(out_features,)``, both drawn from
+    U(-1/sqrt(in_features), 1/sqrt(in_features)) as torch.nn.Linear does.
+
+    Backward, with ``X`` and ``dY`` flattened to rows: ``dW = dY^T X``, ``db = sum_rows dY``,
+    ``dX = dY W``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rng=None,
+                 dtype=np.float32, device: str = "cpu"):
+        super().__init__(dtype, device)
+        rng = _rng(rng)
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
+        self.weight = self.add_param("weight", rng.uniform(-bound, bound, (out_features, in_features)))
+        self.bias = (self.add_param("bias", rng.uniform(-bound, bound, out_features))
+                     if bias else None)
+        self._x2 = None
+
+    def forward(self, x):
+        self._check_float_input(x)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: expected input (..., {self.in_features}), got {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)                      # (M, in)
+        y = x2 @ self.weight.T                                     # (M, out)
+        if self.bias is not None:
+            y += self.bias
+        self._x2, self._lead = x2, lead
+        return y.reshape(*lead, self.out_features)
+
+    def backward(self, dy):
+        dy2 = dy.reshape(-1, self.out_features)                   # (M, out)
+        np_ = self.xp
+        np_.matmul(dy2.T, self._x2, out=self._grads["weight"])    # dW = dY^T X
+        if self.bias is not None:
+            dy2.sum(axis=0, out=self._grads["bias"])              # db = sum_rows dY
+        return (dy2 @ self.weight).reshape(*self._lead, self.in_features)
+
+
+class Embedding(Module):
+    """A lookup table: integer ids ``(...)`` -> vectors ``(..., embedding_dim)``.
+
+    ``weight`` is ``(num_embeddings, embedding_dim)`` drawn from N(0, 1) as torch.nn.Embedding;
+    the row ``padding_idx`` starts at zero and never receives a gradient.
+    Backward scatters: ``dW[id] += dY[position]`` for every position holding ``id``.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 *, rng=None, dtype=np.float32, device: str = "cpu"):
+        super().__init__(dtype, device)
+        rng = _rng(rng)
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(f"padding_idx {padding_idx} out of range for {num_embeddings} embeddings")
+            padding_idx %= num_embeddings
+        self.num_embeddings, self.embedding_dim, self.padding_idx = (
+            num_embeddings, embedding_dim, padding_idx)
+        w = rng.standard_normal((num_embeddings, embedding_dim))
+        if padding_idx is not None:
+            w[padding_idx] = 0.0
+        self.weight = self.add_param("weight", w)
+        self._ids = None
+
+    def forward(self, ids):
+        if not hasattr(ids, "dtype") or ids.dtype.kind not in "iu":
+            raise ValueError(f"Embedding: ids must be an integer array, got "
+                             f"{getattr(ids, 'dtype', type(ids).__name__)}")
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise ValueError(f"Embedding: ids must lie in [0, {self.num_embeddings}), got range "
+                             f"[{int(ids.min())}, {int(ids.max())}]")
+        self._ids = ids
+        return self.weight[ids]                                    # (..., D)
+
+    def backward(self, dy):
+        dW = self._grads["weight"]
+        dW[...] = 0
+        flat = self._ids.reshape(-1)
+        self.xp.add.at(dW, flat, dy.reshape(flat.size, self.embedding_dim))
+        if self.padding_idx is not None:
+            dW[self.padding_idx] = 0
+        return None
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, ``y = x * m / (1 - p)`` with ``m ~ Bernoulli(1 - p)``;
+    in eval, ``y = x``. The mask comes from the ``numpy.random.Generator`` given (``rng``), so a
+    test can fix it by handing in a freshly seeded generator before each forward."""
+
+    def __init__(self, p: float = 0.5, *, rng=None, dtype=np.float32, device: str = "cpu"):
+        super().__init__(dtype, device)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.rng = _rng(rng)
+        self._mask = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        self._mask = dropout_mask(self.rng, x.shape, self.p, self.dtype, self.xp)
+        return x * self._mask
+
+    def backward(self, dy):
+        return dy if self._mask is None else dy * self._mask
+
+
+def dropout_mask(rng: np.random.Generator, shape, p: float, dtype, xp=np):
+    """A mask of ``0`` and ``1/(1-p)`` drawn from ``rng`` (on the host, then moved to ``xp``)."""
+    keep = rng.random(shape, dtype=np.float32) >= p
+    mask = keep.astype(dtype)
+    mask *= 1.0 / (1.0 - p)
+    return xp.asarray(mask)

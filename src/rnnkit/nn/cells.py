@@ -1,0 +1,387 @@
+"""One time step of a recurrent network: RNNCell, LSTMCell, GRUCell.
+
+Each cell is a layer of its own (``forward`` one step, ``backward`` one step, parameters named as
+torch.nn.RNNCell / LSTMCell / GRUCell) and also the kernel that the sequence layers in
+``recurrent.py`` loop over time. The sequence layers add what a loop can share: the input
+projection of the whole sequence as one matrix product (``step_forward`` receives
+``x_t W_ih^T + b`` already computed) and the weight gradients of every step as one matrix product
+(``weight_grads``), so the per-step kernels here do only the recurrent product and the
+elementwise work, writing into buffers they are given.
+
+Internal layout (a detail of speed, invisible at the API): the kernels use *fused* weights made by
+``fused()``. Gates that end in a sigmoid have their rows scaled by 1/2, because
+``sigmoid(z) = (1 + tanh(z / 2)) / 2`` lets one ``tanh`` pass cover every gate; scaling by a power
+of two is exact in floating point, so nothing is lost. The LSTM's gates are reordered from
+PyTorch's (i, f, g, o) to (i, f, o, g) so the three sigmoid gates are contiguous. Gradients are
+taken with respect to the true (unscaled) pre-activations and returned in PyTorch's order.
+
+Shapes: ``N`` batch, ``D`` input size, ``H`` hidden size, ``G`` = gates * H. Inside kernels only
+the first ``b`` rows are active (variable-length batches sorted by length, longest first).
+"""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+
+from .basic import _rng
+from .module import Module
+
+
+class _Cell(Module):
+    """Shared parameters, fusion and the one-step API of the three cells."""
+
+    gates = 1                 # number of H-sized gate blocks
+    num_states = 1            # (h,) or (h, c)
+    sigmoid_blocks = 0        # how many leading blocks (in fused order) end in a sigmoid
+    cache_slots = 0           # (T, N, H) buffers kept for backward besides the activations
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, rng=None,
+                 dtype=np.float32, device: str = "cpu"):
+        super().__init__(dtype, device)
+        if input_size < 1 or hidden_size < 1:
+            raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}")
+        rng = _rng(rng)
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        G, H = self.gates * hidden_size, hidden_size
+        k = 1.0 / math.sqrt(H)   # PyTorch: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))
+        self.weight_ih = self.add_param("weight_ih", rng.uniform(-k, k, (G, input_size)))
+        self.weight_hh = self.add_param("weight_hh", rng.uniform(-k, k, (G, H)))
+        if bias:
+            self.bias_ih = self.add_param("bias_ih", rng.uniform(-k, k, G))
+            self.bias_hh = self.add_param("bias_hh", rng.uniform(-k, k, G))
+        self._step_cache = None
+
+    # -- fused weights -----------------------------------------------------------------------
+    def _order(self):
+        """Row permutation from PyTorch's gate order to the fused order (identity here)."""
+        return None
+
+    def fused(self) -> SimpleNamespace:
+        """Weights laid out for the kernels, recomputed from the parameters (cheap: O(G*(D+H))).
+
+        ``WihT (D, G)`` and ``WhhT (H, G)`` scaled and reordered for the forward products;
+        ``Wih (G, D)`` and ``Whh (G, H)`` reordered, unscaled, for the backward products;
+        ``b (G,)`` the bias added to the input projection (``b_ih + b_hh`` where the two add up);
+        ``b_hn (H,)`` the GRU's recurrent bias of the candidate (zero-sized for other cells).
+        """
+        xp, H = self.xp, self.hidden_size
+        order = self._order()
+        Wih, Whh = self.weight_ih, self.weight_hh
+        if order is not None:
+            Wih, Whh = Wih[order], Whh[order]
+        scale = xp.ones(self.gates * H, dtype=self.dtype)
+        scale[: self.sigmoid_blocks * H] = 0.5
+        f = SimpleNamespace(Wih=Wih, Whh=Whh, WihT=xp.ascontiguousarray((Wih * scale[:, None]).T),
+                            WhhT=xp.ascontiguousarray((Whh * scale[:, None]).T))
+        if self.bias:
+            b_ih, b_hh = self.bias_ih, self.bias_hh
+            if order is not None:
+                b_ih, b_hh = b_ih[order], b_hh[order]
+            b = b_ih + b_hh
+            f.b_hn = self._recurrent_candidate_bias(b, b_hh)
+            f.b = b * scale
+        else:
+            f.b = xp.zeros(self.gates * H, dtype=self.dtype)
+            f.b_hn = xp.zeros(H if self.gates == 3 else 0, dtype=self.dtype)
+        return f
+
+    def _recurrent_candidate_bias(self, b, b_hh):
+        return b_hh[:0]
+
+    def weight_grads(self, X, Hprev, dXP, dHH, accumulate: bool = False):
+        """Write the parameter gradients of many steps at once, in PyTorch's order.
+
+        ``X (M, D)`` inputs, ``Hprev (M, H)`` previous hidden states, ``dXP (M, G)`` gradients of the
+        input pre-activations and ``dHH (M, G)`` of the recurrent ones (fused order; rows of all
+        time steps stacked): ``dW_ih = dXP^T X``, ``dW_hh = dHH^T Hprev``, ``db_ih = sum dXP``,
+        ``db_hh = sum dHH``.
+        """
+        order = self._order()
+        inv = None if order is None else np.argsort(order)
+        parts = [("weight_ih", dXP.T @ X), ("weight_hh", dHH.T @ Hprev)]
+        if self.bias:
+            parts += [("bias_ih", dXP.sum(axis=0)), ("bias_hh", dHH.sum(axis=0))]
+        for name, value in parts:
+            if inv is not None:
+                value = value[inv]
+            if accumulate:
+                self._grads[name] += value
+            else:
+                self._grads[name][...] = value
+
+    # -- one step as a layer ------------------------------------------------------------------
+    def _check_step(self, x, state):
+        self._check_float_input(x)
+        if x.ndim != 2 or x.shape[1] != self.input_size:
+            raise ValueError(f"{type(self).__name__}: expected x of shape (N, {self.input_size}), "
+                             f"got {tuple(x.shape)}")
+        N, H = x.shape[0], self.hidden_size
+        out = []
+        for k, s in enumerate(state):
+            if s is None:
+                s = self.xp.zeros((N, H), dtype=self.dtype)
+            else:
+                self._check_float_input(s, "state")
+                if tuple(s.shape) != (N, H):
+                    raise ValueError(f"{type(self).__name__}: expected state {k} of shape "
+                                     f"({N}, {H}), got {tuple(s.shape)}")
+            out.append(s)
+        return out
+
+    def _step(self, x, state):
+        """Run ``step_forward`` on one step with fresh buffers; cache for ``_step_back``."""
+        xp, H = self.xp, self.hidden_size
+        states_prev = self._check_step(x, state)
+        N = x.shape[0]
+        f = self.fused()
+        A = x @ f.WihT + f.b                                       # (N, G), becomes activations
+        nxt = [xp.empty((N, H), dtype=self.dtype) for _ in range(self.num_states)]
+        cache = [xp.empty((1, N, H), dtype=self.dtype) for _ in range(self.cache_slots)]
+        self.step_forward(f, A, states_prev, nxt, [c[0] for c in cache], self.new_tmp(N), N)
+        self._step_cache = (f, x, A, states_prev, cache)
+        return nxt
+
+    def _step_back(self, dstates):
+        xp, H = self.xp, self.hidden_size
+        if self._step_cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        f, x, A, states_prev, cache = self._step_cache
+        N = x.shape[0]
+        d = [xp.zeros((N, H), dtype=self.dtype) if ds is None else xp.array(ds, dtype=self.dtype)
+             for ds in dstates]
+        dXP = xp.empty((N, self.gates * H), dtype=self.dtype)
+        dHH = xp.empty_like(dXP) if self.gates == 3 else dXP
+        self.step_backward(f, A, states_prev, [c[0] for c in cache], d, dXP, dHH,
+                           self.new_tmp(N), N)
+        self.weight_grads(x, states_prev[0], dXP, dHH)
+        return dXP @ f.Wih, d
+
+    # -- what each cell defines -----------------------------------------------------------------
+    def new_tmp(self, N: int) -> list:
+        """Scratch buffers the kernels reuse at every step."""
+        return [self.xp.empty((N, self.gates * self.hidden_size), dtype=self.dtype),
+                self.xp.empty((N, self.hidden_size), dtype=self.dtype)]
+
+
+class RNNCell(_Cell):
+    """Elman cell, torch.nn.RNNCell::
+
+        h' = tanh(W_ih x + b_ih + W_hh h + b_hh)        (or relu with nonlinearity='relu')
+
+    Backward: ``dz = dh' * (1 - h'^2)`` (relu: ``dh' * [h' > 0]``), ``dh = dz W_hh``, ``dx = dz W_ih``.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", **kw):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, bias, **kw)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, x, h=None):
+        """``x (N, D), h (N, H) -> h' (N, H)``."""
+        return self._step(x, [h])[0]
+
+    def backward(self, dh):
+        """``dh' (N, H) -> (dx (N, D), dh (N, H))``."""
+        dx, (dh_prev,) = self._step_back([dh])
+        return dx, dh_prev
+
+    def step_forward(self, f, A, prev, nxt, cache, tmp, b):
+        xp = self.xp
+        h = nxt[0][:b]
+        xp.matmul(prev[0][:b], f.WhhT, out=h)                      # W_hh h
+        h += A[:b]                                                 # + W_ih x + b
+        if self.nonlinearity == "tanh":
+            xp.tanh(h, out=h)
+        else:
+            xp.maximum(h, 0, out=h)
+        A[:b] = h                                                  # activations kept for backward
+
+    def step_backward(self, f, A, prev, cache, d, dXP, dHH, tmp, b):
+        xp = self.xp
+        dh, h = d[0][:b], A[:b]
+        dz = dXP[:b]
+        if self.nonlinearity == "tanh":
+            xp.multiply(h, h, out=dz)
+            xp.subtract(1, dz, out=dz)                             # 1 - h'^2
+            dz *= dh
+        else:
+            xp.greater(h, 0, out=dz)
+            dz *= dh
+        xp.matmul(dz, f.Whh, out=dh)                               # dh = dz W_hh
+
+
+class LSTMCell(_Cell):
+    """Long short-term memory cell, torch.nn.LSTMCell (gate order i, f, g, o)::
+
+        i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)
+        f = sigmoid(W_if x + b_if + W_hf h + b_hf)
+        g = tanh   (W_ig x + b_ig + W_hg h + b_hg)
+        o = sigmoid(W_io x + b_io + W_ho h + b_ho)
+        c' = f * c + i * g
+        h' = o * tanh(c')
+
+    Backward, with ``dh'`` and ``dc'`` arriving::
+
+        dc' += dh' * o * (1 - tanh(c')^2)
+        do = dh' * tanh(c')     di = dc' * g     df = dc' * c     dg = dc' * i
+        dz_{i,f,o} = d{i,f,o} * s (1 - s)        dz_g = dg * (1 - g^2)
+        dc = dc' * f            dh = dz W_hh     dx = dz W_ih
+    """
+
+    gates, num_states, sigmoid_blocks, cache_slots = 4, 2, 3, 1     # cache: tanh(c')
+
+    def _order(self):
+        H = self.hidden_size
+        i, f, g, o = (np.arange(k * H, (k + 1) * H) for k in range(4))
+        return np.concatenate([i, f, o, g])                        # sigmoids first, then g
+
+    def forward(self, x, state=None):
+        """``x (N, D), (h, c) each (N, H) -> (h', c')``."""
+        h, c = (None, None) if state is None else state
+        h1, c1 = self._step(x, [h, c])
+        return h1, c1
+
+    def backward(self, dh, dc=None):
+        """``dh', dc' (N, H) -> (dx (N, D), (dh, dc))``."""
+        dx, (dh_prev, dc_prev) = self._step_back([dh, dc])
+        return dx, (dh_prev, dc_prev)
+
+    def step_forward(self, f, A, prev, nxt, cache, tmp, b):
+        xp, H = self.xp, self.hidden_size
+        a = A[:b]                                                  # (b, 4H): i f o g
+        xp.matmul(prev[0][:b], f.WhhT, out=tmp[0][:b])
+        a += tmp[0][:b]
+        xp.tanh(a, out=a)
+        s = a[:, : 3 * H]
+        s *= 0.5
+        s += 0.5                                                   # sigmoid(z) = (1 + tanh(z/2)) / 2
+        i, fg, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        c, tc, h, ig = nxt[1][:b], cache[0][:b], nxt[0][:b], tmp[1][:b]
+        xp.multiply(fg, prev[1][:b], out=c)
+        xp.multiply(i, g, out=ig)
+        c += ig                                                    # c' = f c + i g
+        xp.tanh(c, out=tc)
+        xp.multiply(o, tc, out=h)                                  # h' = o tanh(c')
+
+    def step_backward(self, f, A, prev, cache, d, dXP, dHH, tmp, b):
+        xp, H = self.xp, self.hidden_size
+        a, tc, c_prev = A[:b], cache[0][:b], prev[1][:b]
+        i, fg, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        dh, dc, dz, t = d[0][:b], d[1][:b], dXP[:b], tmp[1][:b]
+        # the cell state: dc' += dh' * o * (1 - tanh(c')^2)
+        xp.multiply(tc, tc, out=t)
+        xp.subtract(1, t, out=t)
+        t *= o
+        t *= dh
+        dc += t
+        # gate gradients before their nonlinearities (columns i f o g)
+        xp.multiply(dc, g, out=dz[:, :H])
+        xp.multiply(dc, c_prev, out=dz[:, H:2 * H])
+        xp.multiply(dh, tc, out=dz[:, 2 * H:3 * H])
+        xp.multiply(dc, i, out=dz[:, 3 * H:])
+        # through the nonlinearities: s (1 - s) for i f o, 1 - g^2 for g
+        ds = tmp[0][:b, : 3 * H]
+        s = a[:, : 3 * H]
+        xp.multiply(s, s, out=ds)
+        xp.subtract(s, ds, out=ds)
+        dz[:, : 3 * H] *= ds
+        xp.multiply(g, g, out=t)
+        xp.subtract(1, t, out=t)
+        dz[:, 3 * H:] *= t
+        # to the previous step
+        dc *= fg                                                   # dc = dc' * f
+        xp.matmul(dz, f.Whh, out=dh)                               # dh = dz W_hh
+
+
+class GRUCell(_Cell):
+    """Gated recurrent unit, torch.nn.GRUCell (gate order r, z, n)::
+
+        r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+        z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        h' = (1 - z) * n + z * h
+
+    Backward, with ``dh'`` arriving and ``hn = W_hn h + b_hn``::
+
+        dn = dh' * (1 - z)         dz = dh' * (h - n)
+        dz_n = dn * (1 - n^2)      dz_r = dz_n * hn * r (1 - r)     dz_z = dz * z (1 - z)
+        input side:     d(W_i* x) = (dz_r, dz_z, dz_n)
+        recurrent side: d(W_h* h) = (dz_r, dz_z, dz_n * r)
+        dh = dh' * z + d(W_h* h) W_hh      dx = d(W_i* x) W_ih
+    """
+
+    gates, num_states, sigmoid_blocks, cache_slots = 3, 1, 2, 1     # cache: W_hn h + b_hn
+
+    def _recurrent_candidate_bias(self, b, b_hh):
+        # n needs W_hn h + b_hn apart (r multiplies it): keep b_hn out of the input projection
+        H = self.hidden_size
+        b_hn = b_hh[2 * H:].copy()
+        b[2 * H:] -= b_hn
+        return b_hn
+
+    def forward(self, x, h=None):
+        """``x (N, D), h (N, H) -> h' (N, H)``."""
+        return self._step(x, [h])[0]
+
+    def backward(self, dh):
+        """``dh' (N, H) -> (dx (N, D), dh (N, H))``."""
+        dx, (dh_prev,) = self._step_back([dh])
+        return dx, dh_prev
+
+    def step_forward(self, f, A, prev, nxt, cache, tmp, b):
+        xp, H = self.xp, self.hidden_size
+        a, hh, h_prev = A[:b], tmp[0][:b], prev[0][:b]
+        xp.matmul(h_prev, f.WhhT, out=hh)                          # (b, 3H): W_h* h
+        rz = a[:, : 2 * H]
+        rz += hh[:, : 2 * H]
+        xp.tanh(rz, out=rz)
+        rz *= 0.5
+        rz += 0.5                                                  # r, z
+        r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
+        hn = cache[0][:b]
+        xp.add(hh[:, 2 * H:], f.b_hn, out=hn)                      # hn = W_hn h + b_hn
+        t = tmp[1][:b]
+        xp.multiply(r, hn, out=t)
+        n += t
+        xp.tanh(n, out=n)                                          # n = tanh(W_in x + b_in + r hn)
+        h = nxt[0][:b]
+        xp.subtract(h_prev, n, out=h)
+        h *= z
+        h += n                                                     # h' = n + z (h - n)
+
+    def step_backward(self, f, A, prev, cache, d, dXP, dHH, tmp, b):
+        xp, H = self.xp, self.hidden_size
+        a, hn, h_prev = A[:b], cache[0][:b], prev[0][:b]
+        r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
+        dh, dx_, dh_ = d[0][:b], dXP[:b], dHH[:b]
+        t = tmp[1][:b]
+        # dz_n = dh' (1 - z) (1 - n^2)
+        dzn = dx_[:, 2 * H:]
+        xp.multiply(dh, z, out=t)
+        xp.subtract(dh, t, out=dzn)
+        xp.multiply(n, n, out=t)
+        xp.subtract(1, t, out=t)
+        dzn *= t
+        # dz_z = dh' (h - n) z (1 - z)
+        dzz = dx_[:, H:2 * H]
+        xp.subtract(h_prev, n, out=dzz)
+        dzz *= dh
+        xp.multiply(z, z, out=t)
+        xp.subtract(z, t, out=t)
+        dzz *= t
+        # dz_r = dz_n hn r (1 - r)
+        dzr = dx_[:, :H]
+        xp.multiply(dzn, hn, out=dzr)
+        xp.multiply(r, r, out=t)
+        xp.subtract(r, t, out=t)
+        dzr *= t
+        # the recurrent side differs only in the candidate: dz_n * r
+        dh_[:, : 2 * H] = dx_[:, : 2 * H]
+        xp.multiply(dzn, r, out=dh_[:, 2 * H:])
+        # to the previous step: dh = dh' z + d(W_h* h) W_hh
+        dh *= z
+        xp.matmul(dh_, f.Whh, out=t)
+        dh += t

@@ -1,0 +1,337 @@
+"""Sequence layers RNN, LSTM and GRU: a cell from ``cells.py`` looped over time.
+
+PyTorch's arguments, equations, parameter names and shapes (``weight_ih_l{k}``, ``weight_hh_l{k}``,
+``bias_ih_l{k}``, ``bias_hh_l{k}``, ``_reverse`` for the backward direction), so a torch
+``state_dict()`` loads unchanged and gives the same numbers. ``batch_first=True`` is the default
+here (it is not in torch); ``h0``/``c0`` and ``h_n``/``c_n`` are ``(num_layers * num_directions, N, H)``
+whatever ``batch_first`` is, as in torch.
+
+    out, h_n = rnn(x, h0=None, lengths=None)        x (N, T, D) -> out (N, T, num_directions * H)
+    dx, dh0  = rnn.backward(dout, dh_n=None)
+    out, (h_n, c_n) = lstm(x, (h0, c0))             dx, (dh0, dc0) = lstm.backward(dout, (dh_n, dc_n))
+
+How the loop is made fast, every part tested equal to stepping the cell by hand:
+- the input projection ``X W_ih^T + b`` of the whole sequence is one matrix product per layer;
+- the per-step kernels only do ``h W_hh^T`` and the elementwise work, into reused buffers;
+- the weight gradients of all steps are one matrix product each (``cells._Cell.weight_grads``).
+
+Variable lengths (``lengths``, what PyTorch's PackedSequence does): the batch is sorted longest
+first, so at step ``t`` the active sequences are a prefix ``[:b_t]`` of the rows; the rest keep their
+state untouched. Outputs past a sequence's end are zero, ``h_n`` is each sequence's own last
+state, the reverse direction starts at each sequence's own last step, and padding gets no
+gradient.
+
+Internally everything is time-major ``(T, N, ...)`` so that one step's rows are contiguous. The
+states of a direction live in one buffer ``S`` of ``T + 2`` slots where ``S[t + 1]`` is the state
+after time ``t``; the initial state sits in slot ``0`` (forward) or ``T + 1`` (reverse), so the
+previous state of time ``t`` is ``S[t]`` or ``S[t + 2]`` and the stacked previous states of all steps,
+which the weight gradient needs, are one contiguous slice.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from .basic import _rng, dropout_mask
+from .cells import GRUCell, LSTMCell, RNNCell
+from .module import Module
+
+
+class _Recurrent(Module):
+    """Stacked, optionally bidirectional recurrence over a cell class (shared by RNN/LSTM/GRU)."""
+
+    cell_class = None
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = True, dropout: float = 0.0, bidirectional: bool = False, *,
+                 stateful: bool = False, rng=None, dtype=np.float32, device: str = "cpu", **cell_kw):
+        super().__init__(dtype, device)
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.rng = _rng(rng)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
+        self.bidirectional, self.stateful = bidirectional, stateful
+        self.num_directions = 2 if bidirectional else 1
+        self.cells = []                       # cells[layer][direction]
+        for k in range(num_layers):
+            row = []
+            for d in range(self.num_directions):
+                d_in = input_size if k == 0 else hidden_size * self.num_directions
+                cell = self.cell_class(d_in, hidden_size, bias, rng=self.rng, dtype=dtype,
+                                       device=device, **cell_kw)
+                sfx = f"_l{k}" + ("_reverse" if d == 1 else "")
+                for name in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if bias else ()):
+                    self.share_param(name + sfx, cell._params[name], cell._grads[name])
+                row.append(cell)
+            self.cells.append(row)
+        self._state = None                    # carried final state when stateful
+        self._ws: dict = {}                   # reused buffers, by name
+        self._cache = None
+
+    def reset_state(self) -> None:
+        """Forget the state carried between calls (``stateful=True``)."""
+        self._state = None
+
+    # -- buffers ------------------------------------------------------------------------------
+    def _buf(self, name, shape):
+        """A reused buffer: the hot loop allocates nothing it can keep from the last call."""
+        b = self._ws.get(name)
+        if b is None or b.shape != shape:
+            b = self._ws[name] = self.xp.empty(shape, dtype=self.dtype)
+        return b
+
+    # -- input checks -------------------------------------------------------------------------
+    def _check_input(self, x, state, lengths):
+        self._check_float_input(x)
+        if x.ndim != 3 or x.shape[2] != self.input_size:
+            want = "(N, T, {})" if self.batch_first else "(T, N, {})"
+            raise ValueError(f"{type(self).__name__}: expected input of shape "
+                             f"{want.format(self.input_size)}, got {tuple(x.shape)}")
+        N, T = (x.shape[0], x.shape[1]) if self.batch_first else (x.shape[1], x.shape[0])
+        if T < 1 or N < 1:
+            raise ValueError(f"{type(self).__name__}: empty input of shape {tuple(x.shape)}")
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        states = []
+        for k, s in enumerate(state):
+            if s is not None:
+                self._check_float_input(s, "h0" if k == 0 else "c0")
+                if tuple(s.shape) != (LD, N, H):
+                    raise ValueError(f"{type(self).__name__}: expected {'h0' if k == 0 else 'c0'} "
+                                     f"of shape ({LD}, {N}, {H}), got {tuple(s.shape)}")
+            states.append(s)
+        if lengths is not None:
+            lengths = backend.to_numpy(lengths)
+            if lengths.shape != (N,) or lengths.dtype.kind not in "iu":
+                raise ValueError(f"{type(self).__name__}: lengths must be {N} integers, got "
+                                 f"shape {lengths.shape} dtype {lengths.dtype}")
+            if lengths.min() < 1 or lengths.max() > T:
+                raise ValueError(f"{type(self).__name__}: lengths must lie in [1, {T}], got "
+                                 f"[{lengths.min()}, {lengths.max()}]")
+        return N, T, states, lengths
+
+    # -- forward ------------------------------------------------------------------------------
+    def _forward(self, x, state, lengths):
+        xp, H, D = self.xp, self.hidden_size, self.num_directions
+        N, T, states0, lengths = self._check_input(x, state, lengths)
+        if all(s is None for s in states0) and self.stateful and self._state is not None:
+            if self._state[0].shape[1] != N:
+                raise ValueError(f"{type(self).__name__}: stateful layer carries a batch of "
+                                 f"{self._state[0].shape[1]} but got {N}; call reset_state()")
+            states0 = list(self._state)
+        x_tm = x.transpose(1, 0, 2) if self.batch_first else x                   # (T, N, D_in)
+
+        # variable lengths: sort longest first so the active rows at each step are a prefix
+        perm = None
+        if lengths is None:
+            sizes = [N] * T
+        else:
+            order = np.argsort(-lengths, kind="stable")
+            if np.any(order != np.arange(N)):
+                perm = order
+                x_tm = x_tm[:, perm]
+                states0 = [None if s is None else s[:, perm] for s in states0]
+            sorted_len = lengths[order]
+            sizes = [int(np.sum(sorted_len > t)) for t in range(T)]
+        layer_in = xp.ascontiguousarray(x_tm)
+        caches, finals = [], [[] for _ in states0]
+        for k, row in enumerate(self.cells):
+            out = self._buf(f"out{k}", (T, N, D * H)) if D == 2 else None
+            dir_caches = []
+            for d, cell in enumerate(row):
+                idx = k * D + d
+                init = [None if s is None else s[idx] for s in states0]
+                c = self._run_direction(cell, layer_in, init, sizes, reverse=d == 1, key=f"{k}.{d}")
+                dir_caches.append(c)
+                S = c["S"]
+                if out is not None:
+                    out[:, :, d * H:(d + 1) * H] = S[0][1:T + 1]
+                else:
+                    out = S[0][1:T + 1]                                           # (T, N, H) view
+                for j, Sj in enumerate(S):
+                    finals[j].append(Sj[1] if d == 1 else Sj[T])
+            mask = None
+            if self.training and self.dropout > 0 and k < self.num_layers - 1:
+                mask = dropout_mask(self.rng, out.shape, self.dropout, self.dtype, xp)
+                out = out * mask
+            caches.append({"x": layer_in, "dirs": dir_caches, "mask": mask})
+            layer_in = out
+
+        y = xp.ascontiguousarray(layer_in.transpose(1, 0, 2)) if self.batch_first else layer_in.copy()
+        h_n = [xp.stack(f) for f in finals]                                      # (L*D, N, H)
+        if perm is not None:
+            inv = np.argsort(perm)
+            y = y[inv] if self.batch_first else y[:, inv]
+            h_n = [s[:, inv] for s in h_n]
+        if lengths is not None:
+            pad = np.arange(T)[None, :] >= lengths[:, None]                     # (N, T)
+            y[pad if self.batch_first else pad.T] = 0
+        if self.stateful:
+            self._state = [s.copy() for s in h_n]
+        self._cache = {"caches": caches, "perm": perm, "sizes": sizes, "N": N, "T": T}
+        return y, h_n
+
+    def _run_direction(self, cell, x, init, sizes, reverse, key):
+        """Loop ``cell`` over time in one direction; returns what backward needs."""
+        xp, H = self.xp, self.hidden_size
+        T, N, _ = x.shape
+        f = cell.fused()
+        G = f.WihT.shape[1]
+        A = self._buf(key + "A", (T, N, G))                                       # pre-acts -> acts
+        xp.matmul(x.reshape(T * N, -1), f.WihT, out=A.reshape(T * N, G))        # X W_ih^T, one GEMM
+        A += f.b
+        S = [self._buf(f"{key}S{j}", (T + 2, N, H)) for j in range(cell.num_states)]
+        first = T + 1 if reverse else 0
+        for Sj, s0 in zip(S, init):
+            if s0 is None:
+                Sj[first] = 0
+            else:
+                Sj[first] = s0
+        cache = [self._buf(f"{key}C{j}", (T, N, H)) for j in range(cell.cache_slots)]
+        tmp = cell.new_tmp(N)
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            b, p = sizes[t], (t + 2 if reverse else t)
+            prev, nxt = [Sj[p] for Sj in S], [Sj[t + 1] for Sj in S]
+            cell.step_forward(f, A[t], prev, nxt, [c[t] for c in cache], tmp, b)
+            if b < N:                                                             # ended: carry
+                for Sp, Sn in zip(prev, nxt):
+                    Sn[b:] = Sp[b:]
+        return {"cell": cell, "f": f, "A": A, "S": S, "cache": cache, "reverse": reverse, "key": key}
+
+    # -- backward -----------------------------------------------------------------------------
+    def _backward(self, dy, dstate_n):
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        xp, H, D = self.xp, self.hidden_size, self.num_directions
+        c = self._cache
+        N, T, perm, sizes = c["N"], c["T"], c["perm"], c["sizes"]
+        want = (N, T, D * H) if self.batch_first else (T, N, D * H)
+        if dy is not None:
+            if tuple(dy.shape) != want:
+                raise ValueError(f"{type(self).__name__}.backward: expected dout of shape {want}, "
+                                 f"got {tuple(dy.shape)}")
+            dy_tm = dy.transpose(1, 0, 2) if self.batch_first else dy                # (T, N, D*H)
+            if perm is not None:
+                dy_tm = dy_tm[:, perm]
+        LD = self.num_layers * D
+        dstate_n = list(dstate_n)
+        for j, ds in enumerate(dstate_n):
+            if ds is not None:
+                if tuple(ds.shape) != (LD, N, H):
+                    raise ValueError(f"{type(self).__name__}.backward: expected d{'hc'[j]}_n of "
+                                     f"shape ({LD}, {N}, {H}), got {tuple(ds.shape)}")
+                dstate_n[j] = ds[:, perm] if perm is not None else ds
+        dstate0 = [xp.empty((LD, N, H), dtype=self.dtype) for _ in dstate_n]
+        dlayer = dy_tm if dy is not None else None
+        for k in range(self.num_layers - 1, -1, -1):
+            lc = c["caches"][k]
+            if dlayer is not None and lc["mask"] is not None:
+                dlayer = dlayer * lc["mask"]
+            dx = None
+            for d, dc in enumerate(lc["dirs"]):
+                idx = k * D + d
+                dout = None if dlayer is None else dlayer[:, :, d * H:(d + 1) * H]
+                init = [None if ds is None else ds[idx] for ds in dstate_n]
+                dxd, d0 = self._back_direction(dc, lc["x"], dout, init, sizes)
+                dx = dxd if dx is None else dx + dxd
+                for j in range(len(dstate0)):
+                    dstate0[j][idx] = d0[j]
+            dlayer = dx
+        dx = dlayer.transpose(1, 0, 2) if self.batch_first else dlayer
+        if perm is not None:
+            inv = np.argsort(perm)
+            dx = dx[inv] if self.batch_first else dx[:, inv]
+            dstate0 = [s[:, inv] for s in dstate0]
+        return xp.ascontiguousarray(dx), dstate0
+
+    def _back_direction(self, rc, x, dout, init, sizes):
+        """Backpropagate one direction through time; writes its cell's parameter gradients."""
+        xp, H = self.xp, self.hidden_size
+        cell, f, A, S, cache, reverse, key = (rc[k] for k in ("cell", "f", "A", "S", "cache",
+                                                               "reverse", "key"))
+        T, N, G = A.shape
+        d = [xp.zeros((N, H), dtype=self.dtype) if s is None else xp.array(s, dtype=self.dtype)
+             for s in init]
+        dXP = self._buf(key + "dXP", (T, N, G))
+        dHH = self._buf(key + "dHH", (T, N, G)) if cell.gates == 3 else dXP
+        tmp = cell.new_tmp(N)
+        for t in (range(T) if reverse else range(T - 1, -1, -1)):
+            b, p = sizes[t], (t + 2 if reverse else t)
+            if dout is not None:
+                d[0][:b] += dout[t, :b]
+            cell.step_backward(f, A[t], [Sj[p] for Sj in S], [cc[t] for cc in cache], d,
+                               dXP[t], dHH[t], tmp, b)
+            if b < N:                                                             # padding
+                dXP[t, b:] = 0
+                if dHH is not dXP:
+                    dHH[t, b:] = 0
+        M = T * N
+        Hprev = S[0][2:T + 2] if reverse else S[0][0:T]
+        cell.weight_grads(x.reshape(M, -1), Hprev.reshape(M, H), dXP.reshape(M, G),
+                          dHH.reshape(M, G))
+        dx = (dXP.reshape(M, G) @ f.Wih).reshape(T, N, -1)                       # dX = dXP W_ih
+        return dx, d
+
+
+class RNN(_Recurrent):
+    """Elman RNN (torch.nn.RNN) over a sequence; see ``cells.RNNCell`` for the equations.
+
+    ``RNN(input_size, hidden_size, num_layers=1, bias=True, batch_first=True, dropout=0.0,
+    bidirectional=False, nonlinearity='tanh', stateful=False, rng=None, dtype=float32)``
+
+    ``forward(x (N, T, D), h0 (L*dirs, N, H) = None, lengths (N,) = None)
+    -> (out (N, T, dirs*H), h_n (L*dirs, N, H))``; ``backward(dout, dh_n=None) -> (dx, dh0)``.
+    """
+
+    cell_class = RNNCell
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=True,
+                 dropout=0.0, bidirectional=False, nonlinearity="tanh", **kw):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, nonlinearity=nonlinearity, **kw)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, x, h0=None, lengths=None):
+        y, (h_n,) = self._forward(x, [h0], lengths)
+        return y, h_n
+
+    def backward(self, dout=None, dh_n=None):
+        dx, (dh0,) = self._backward(dout, [dh_n])
+        return dx, dh0
+
+
+class GRU(RNN):
+    """Gated recurrent unit (torch.nn.GRU) over a sequence; see ``cells.GRUCell``.
+
+    Same arguments (without ``nonlinearity``) and the same forward/backward as ``RNN``.
+    """
+
+    cell_class = GRUCell
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=True,
+                 dropout=0.0, bidirectional=False, **kw):
+        _Recurrent.__init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                            bidirectional, **kw)
+
+
+class LSTM(_Recurrent):
+    """Long short-term memory (torch.nn.LSTM) over a sequence; see ``cells.LSTMCell``.
+
+    ``forward(x (N, T, D), state=(h0, c0) or None, lengths=None)
+    -> (out (N, T, dirs*H), (h_n, c_n))``, each state ``(L*dirs, N, H)``;
+    ``backward(dout, (dh_n, dc_n) or None) -> (dx, (dh0, dc0))``.
+    """
+
+    cell_class = LSTMCell
+
+    def forward(self, x, h0=None, lengths=None):
+        h, c = (None, None) if h0 is None else h0
+        y, (h_n, c_n) = self._forward(x, [h, c], lengths)
+        return y, (h_n, c_n)
+
+    def backward(self, dout=None, dh_n=None):
+        dh, dc = (None, None) if dh_n is None else dh_n
+        dx, (dh0, dc0) = self._backward(dout, [dh, dc])
+        return dx, (dh0, dc0)
