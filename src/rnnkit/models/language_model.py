@@ -1,0 +1,166 @@
+"""A recurrent language model: Embedding -> stacked RNN/LSTM/GRU -> Linear, next-token logits.
+
+    ids (N, T) -> embedding (N, T, E) -> dropout -> rnn (N, T, H) -> dropout -> decoder (N, T, V)
+
+The recipe of Zaremba et al. (2014) and pytorch/examples' word_language_model: dropout on the
+embeddings, between recurrent layers and before the decoder; optional weight tying (the decoder
+reuses the embedding matrix, Press & Wolf 2017; needs ``embedding_size == hidden_size``).
+
+The recurrent layer is stateful: its final state carries into the next batch (truncated BPTT);
+``reset_state()`` clears it, ``get_state()`` / ``set_state()`` save and restore it (a checkpoint
+keeps it, so a resumed run continues exactly). ``Stepper`` runs the model one token at a time for
+sampling, with its own state.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from ..nn import GRU, LSTM, RNN, Dropout, Embedding, Linear, Module, SoftmaxCrossEntropy
+
+CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Everything needed to rebuild a LanguageModel (saved with every checkpoint)."""
+    vocab_size: int
+    cell: str = "lstm"                 # lstm | gru | rnn (tanh)
+    embedding_size: int = 128
+    hidden_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.2
+    tie_weights: bool = False
+    init_range: float = 0.0            # > 0: every weight ~ U(-r, r) (Zaremba: 0.1); 0: PyTorch's
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
+        for name in ("vocab_size", "embedding_size", "hidden_size", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.tie_weights and self.embedding_size != self.hidden_size:
+            raise ValueError(f"tie_weights needs embedding_size == hidden_size, got "
+                             f"{self.embedding_size} and {self.hidden_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+class LanguageModel(Module):
+    """Next-token model; the Module contract plus ``loss``/``backward`` for the Trainer.
+
+    ``forward(ids (N, T)) -> logits (N, T, V)``; ``loss(ids, targets) -> mean cross-entropy``
+    (nats per token); ``backward()`` after ``loss`` fills every gradient.
+    """
+
+    def __init__(self, config: LMConfig, *, rng=None, device: str = "cpu"):
+        super().__init__(config.dtype, device)
+        rng = np.random.default_rng() if rng is None else rng
+        c = self.config = config
+        kw = dict(dtype=config.dtype, device=device)
+        self.embedding = self.add_module("embedding", Embedding(c.vocab_size, c.embedding_size,
+                                                                rng=rng, **kw))
+        self.drop_in = self.add_module("drop_in", Dropout(c.dropout, rng=rng, **kw))
+        self.rnn = self.add_module("rnn", CELLS[c.cell](
+            c.embedding_size, c.hidden_size, c.num_layers, dropout=c.dropout if c.num_layers > 1
+            else 0.0, stateful=True, rng=rng, **kw))
+        self.drop_out = self.add_module("drop_out", Dropout(c.dropout, rng=rng, **kw))
+        self.decoder = self.add_module("decoder", Linear(c.hidden_size, c.vocab_size, rng=rng, **kw))
+        if c.tie_weights:
+            # the decoder multiplies by the embedding matrix itself; its gradient is added to
+            # the embedding's in backward, and the parameter is listed once
+            self.decoder.weight = self.embedding.weight
+            self.decoder.share_param("weight", self.embedding.weight, self.decoder.grads[0])
+        if c.init_range > 0:
+            for p in self.params:
+                p[...] = self.xp.asarray(rng.uniform(-c.init_range, c.init_range, p.shape),
+                                         dtype=self.dtype)
+        self.criterion = SoftmaxCrossEntropy(dtype=config.dtype, device=device)
+
+    # -- the recurrent state carried between batches ---------------------------------------------
+    def reset_state(self) -> None:
+        self.rnn.reset_state()
+
+    def get_state(self):
+        """The carried state: a list of ``(L, N, H)`` arrays (copies), or None."""
+        s = self.rnn._state
+        return None if s is None else [a.copy() for a in s]
+
+    def set_state(self, state) -> None:
+        self.rnn._state = None if state is None else [self.xp.asarray(a, dtype=self.dtype)
+                                                      for a in state]
+
+    # -- forward / loss / backward ----------------------------------------------------------------
+    def forward(self, ids):
+        """``ids (N, T)`` integers -> ``logits (N, T, V)``."""
+        if getattr(ids, "ndim", None) != 2:
+            raise ValueError(f"LanguageModel: expected ids of shape (N, T), got "
+                             f"{getattr(ids, 'shape', type(ids).__name__)}")
+        e = self.drop_in(self.embedding(self.xp.asarray(ids)))     # (N, T, E)
+        h, _ = self.rnn(e)                                         # (N, T, H)
+        return self.decoder(self.drop_out(h))                      # (N, T, V)
+
+    def loss(self, ids, targets) -> float:
+        """Mean cross-entropy of ``targets (N, T)`` under ``forward(ids)``, in nats per token."""
+        return self.criterion(self.forward(ids), self.xp.asarray(targets))
+
+    def backward(self) -> None:
+        d = self.criterion.backward()                              # (N, T, V)
+        d = self.drop_out.backward(self.decoder.backward(d))       # (N, T, H)
+        d, _ = self.rnn.backward(d)                                # (N, T, E)
+        self.embedding.backward(self.drop_in.backward(d))
+        if self.config.tie_weights:
+            self.embedding.grads[0] += self.decoder.grads[0]
+
+
+class Stepper:
+    """The model one token at a time, ``B`` streams at once, for sampling.
+
+    ``step(ids (B,)) -> logits (B, V)``. Weights are fused once at construction, the per-step work
+    reuses its buffers, and the training state of the model is left alone.
+    """
+
+    def __init__(self, model: LanguageModel, batch_size: int = 1):
+        self.model, self.B = model, batch_size
+        xp, dt, H = model.xp, model.dtype, model.config.hidden_size
+        self.cells = [row[0] for row in model.rnn.cells]
+        self.fused = [c.fused() for c in self.cells]
+        self.states = [[xp.zeros((batch_size, H), dtype=dt) for _ in range(c.num_states)]
+                       for c in self.cells]
+        self._next = [[xp.empty_like(s) for s in st] for st in self.states]
+        self._cache = [[xp.empty((batch_size, H), dtype=dt) for _ in range(c.cache_slots)]
+                       for c in self.cells]
+        self._tmp = [c.new_tmp(batch_size) for c in self.cells]
+        self._A = [xp.empty((batch_size, f.WihT.shape[1]), dtype=dt) for f in self.fused]
+        self._WdT = xp.ascontiguousarray(model.decoder.weight.T)   # (H, V)
+        self._bd = model.decoder.bias
+
+    def step(self, ids):
+        """Feed one token per stream; return the next-token logits ``(B, V)``."""
+        xp = self.model.xp
+        x = self.model.embedding.weight[ids]                       # (B, E)
+        for k, (cell, f) in enumerate(zip(self.cells, self.fused)):
+            A = self._A[k]
+            xp.matmul(x, f.WihT, out=A)
+            A += f.b
+            cell.step_forward(f, A, self.states[k], self._next[k], self._cache[k], self._tmp[k],
+                              self.B)
+            self.states[k], self._next[k] = self._next[k], self.states[k]
+            x = self.states[k][0]
+        logits = x @ self._WdT
+        if self._bd is not None:
+            logits += self._bd
+        return logits
