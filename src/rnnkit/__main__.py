@@ -1,0 +1,6 @@
+"""``python -m rnnkit``: the same as the ``rnnkit`` command."""
+import sys
+
+from .cli.main import main
+
+sys.exit(main())
