@@ -50,6 +50,7 @@ class TrainConfig:
     max_steps: int = 0                 # 0: no limit
     max_time: float = 0.0              # seconds of training; 0: no limit
     eval_interval: int = 200           # steps between evaluations (and checkpoints)
+    log_interval: int = 10             # steps between lines of metrics.jsonl
     sample_length: int = 200           # characters/words of the sample shown at each evaluation
     seed: int = 1337
 
@@ -196,7 +197,7 @@ class Trainer:
                         bar.update(1)
                         bar.set_postfix_str(f"loss {loss:.3f} | {meter.rate:,.0f} tok/s | "
                                             f"lr {self.opt.lr:.3g}")
-                    if self.step % 10 == 0:
+                    if self.step % cfg.log_interval == 0:
                         self._record({"step": self.step, "epoch": self.epoch, "loss": loss,
                                       "lr": self.opt.lr, "time": round(self.elapsed, 3),
                                       "tokens_per_s": round(meter.rate, 1)})

@@ -24,7 +24,7 @@ TRAIN_DEFAULTS = TrainConfig().to_dict()
 RUN_DEFAULTS = dict(tokenizer="char", val_fraction=0.1, min_freq=1, max_vocab=0, dtype="float32",
                     device="cpu")
 DEMO_MAX_TIME = 180.0           # the built-in corpus, no --max-time: a few minutes' demo
-RESUMABLE = {"epochs", "max_steps", "max_time", "eval_interval", "sample_length"}
+RESUMABLE = {"epochs", "max_steps", "max_time", "eval_interval", "log_interval", "sample_length"}
 
 
 def add_parser(sub) -> None:
@@ -90,6 +90,7 @@ def add_parser(sub) -> None:
     opt("--max-time", type=float, help="stop after this many seconds of training in all, evaluation "
         f"excluded (0: no limit; {DEMO_MAX_TIME:.0f} s with the built-in corpus)")
     opt("--eval-interval", type=int, help="steps between evaluations and checkpoints")
+    opt("--log-interval", type=int, help="steps between lines of metrics.jsonl")
     opt("--sample-length", type=int, help="tokens of the sample shown at each evaluation (0: none)")
     opt("--seed", type=int, help="random seed (initialisation, dropout, batches)")
     opt("--no-progress", action="store_true", help="no progress bar (log lines only)")
@@ -98,7 +99,7 @@ def add_parser(sub) -> None:
 
 def _explicit(args) -> dict:
     return {k: v for k, v in vars(args).items()
-            if v not in (None, False) and k not in ("run", "command")}
+            if v is not None and v is not False and k not in ("run", "command")}
 
 
 def _fingerprint(text) -> str:
@@ -195,20 +196,24 @@ def _resume(args, given) -> int:
     path = out / "last.npz"
     if not path.is_file():
         raise ValueError(f"{out}: no last.npz to resume from")
-    changed = sorted(set(given) - RESUMABLE - {"resume", "no_progress", "force"})
-    if changed:
-        raise ValueError("a resumed run keeps its settings; these cannot change: "
-                         + ", ".join("--" + k.replace("_", "-") for k in changed))
     tree = checkpoint.load(path)
     try:
         task_state = tree["task"]
         run = dict(task_state["source"])
+        saved = {**run, **task_state["model_config"], **tree["train_config"],
+                 "out": str(out)}
         train_cfg = TrainConfig.from_dict({**tree["train_config"],
                                            **{k: given[k] for k in RESUMABLE if k in given}})
         config = LMConfig.from_dict(task_state["model_config"])
         tokenizer = tokenizer_from_dict(task_state["tokenizer"])
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a resumable rnnkit language-model run ({e})") from e
+    # the same command again with --resume is fine; a different setting is not
+    changed = sorted(k for k, v in given.items() if k not in RESUMABLE | {"resume", "no_progress"}
+                     and not (k in saved and _same(saved[k], v)))
+    if changed:
+        raise ValueError("a resumed run keeps its settings; these differ from the saved run: "
+                         + ", ".join("--" + k.replace("_", "-") for k in changed))
     _check_train_config(train_cfg)
     tokenizer, train_ids, val_ids, what = _prepare_data(run, tokenizer)
     rng = np.random.default_rng(train_cfg.seed)
@@ -222,8 +227,15 @@ def _resume(args, given) -> int:
     return _fit(trainer, task, out)
 
 
+def _same(saved, given) -> bool:
+    """Whether a flag given again with --resume matches the saved setting (paths resolved)."""
+    if isinstance(given, (str, Path)) and saved is not None:
+        return str(saved) == str(given) or Path(str(saved)).resolve() == Path(str(given)).resolve()
+    return saved == given
+
+
 def _check_train_config(cfg: TrainConfig) -> None:
-    for name in ("batch_size", "bptt", "epochs", "eval_interval"):
+    for name in ("batch_size", "bptt", "epochs", "eval_interval", "log_interval"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
