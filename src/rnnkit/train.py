@@ -6,7 +6,8 @@ an evaluation, and optionally a short sample to show. The Trainer does the rest,
 all of them::
 
     for each step:  batch -> loss = model.loss(batch) -> model.backward() -> clip -> update -> log
-    every eval_interval steps: evaluate, log, save `last` (and `best` by validation loss)
+    every eval_interval steps and at each epoch's end: evaluate, log, save `last` (and `best`
+    by validation loss)
 
 Checkpoints hold the model's config and weights, the task's data (vocabulary, stream position,
 carried hidden state), the optimiser's and schedule's state, the random generator's state and the
@@ -33,8 +34,8 @@ from .plot import plot_history
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train (saved with the checkpoint; the command line maps its flags onto these)."""
-    batch_size: int = 32
-    bptt: int = 128
+    batch_size: int = 64
+    bptt: int = 100
     optimizer: str = "adam"            # sgd | adagrad | rmsprop | adam | adamw
     lr: float = 2e-3
     momentum: float = 0.0              # sgd / rmsprop
@@ -49,7 +50,8 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int = 0                 # 0: no limit
     max_time: float = 0.0              # seconds of training; 0: no limit
-    eval_interval: int = 200           # steps between evaluations (and checkpoints)
+    eval_interval: int = 100           # steps between evaluations and checkpoints (0: none but
+                                       # the one at the end of each epoch, which always happens)
     log_interval: int = 10             # steps between lines of metrics.jsonl
     sample_length: int = 200           # characters/words of the sample shown at each evaluation
     seed: int = 1337
@@ -198,12 +200,14 @@ class Trainer:
                         bar.set_postfix_str(f"loss {loss:.3f} | {meter.rate:,.0f} tok/s | "
                                             f"lr {self.opt.lr:.3g}")
                     if self.step % cfg.log_interval == 0:
-                        self._record({"step": self.step, "epoch": self.epoch, "loss": loss,
+                        self._record({"step": self.step, "epoch": self._epoch_progress(), "loss": loss,
                                       "lr": self.opt.lr, "time": round(self.elapsed, 3),
                                       "tokens_per_s": round(meter.rate, 1)})
                     stopped_by = self._limit_reached() or ("interrupt" if stop.requested else None)
-                    if self.step % cfg.eval_interval == 0 or stopped_by:
-                        self._evaluate_and_save(bar, scheduled=self.step % cfg.eval_interval == 0)
+                    scheduled = (bool(cfg.eval_interval) and self.step % cfg.eval_interval == 0
+                                 or batches.epoch_finished)
+                    if scheduled or stopped_by:
+                        self._evaluate_and_save(bar, scheduled=scheduled)
                         meter.restart()
                     if stopped_by:
                         break
@@ -237,6 +241,11 @@ class Trainer:
         self.step += 1
         return loss
 
+    def _epoch_progress(self) -> float:
+        """Epochs done, with the fraction of the current one (1.5: halfway through the second)."""
+        b = self.task.batches
+        return round(self.epoch + b.position / b.batches_per_epoch, 4)
+
     def _limit_reached(self):
         if self.cfg.max_steps and self.step >= self.cfg.max_steps:
             return "max_steps"
@@ -256,7 +265,7 @@ class Trainer:
                              self.cfg.sample_length) if self.cfg.sample_length else None
         model.train()
         task.set_model_state(carried)
-        row = {"step": self.step, "epoch": self.epoch, "time": round(self.elapsed, 3),
+        row = {"step": self.step, "epoch": self._epoch_progress(), "time": round(self.elapsed, 3),
                "lr": self.opt.lr, **metrics}
         val = metrics.get("val_loss")
         if scheduled and val is not None and isinstance(self.schedule, optim.ReduceLROnPlateau):

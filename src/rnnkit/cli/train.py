@@ -89,7 +89,8 @@ def add_parser(sub) -> None:
     opt("--max-steps", type=int, help="stop after this many steps in all (0: no limit)")
     opt("--max-time", type=float, help="stop after this many seconds of training in all, evaluation "
         f"excluded (0: no limit; {DEMO_MAX_TIME:.0f} s with the built-in corpus)")
-    opt("--eval-interval", type=int, help="steps between evaluations and checkpoints")
+    opt("--eval-interval", type=int, help="steps between evaluations and checkpoints; there is "
+        "always one at the end of each epoch (0: only those)")
     opt("--log-interval", type=int, help="steps between lines of metrics.jsonl")
     opt("--sample-length", type=int, help="tokens of the sample shown at each evaluation (0: none)")
     opt("--seed", type=int, help="random seed (initialisation, dropout, batches)")
@@ -235,7 +236,9 @@ def _same(saved, given) -> bool:
 
 
 def _check_train_config(cfg: TrainConfig) -> None:
-    for name in ("batch_size", "bptt", "epochs", "eval_interval", "log_interval"):
+    if cfg.eval_interval < 0:
+        raise ValueError(f"--eval-interval must be >= 0, got {cfg.eval_interval}")
+    for name in ("batch_size", "bptt", "epochs", "log_interval"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:

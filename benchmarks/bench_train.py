@@ -1,0 +1,137 @@
+"""Training throughput, rnnkit vs PyTorch (CPU), side by side in one process.
+
+One training step of a language model: Embedding(V, E) -> num_layers x {LSTM, GRU, RNN} (H) ->
+Linear(H, V) -> cross-entropy -> Adam, on a batch of B x T random tokens, float32. The two are
+timed alternately (ours, theirs, ours, ...) so that machine noise hits both; the ratio of medians
+is what to read (> 1: rnnkit is faster).
+
+    python benchmarks/bench_train.py                     # the core issue's configurations
+    python benchmarks/bench_train.py --cells lstm --hidden 512 --batch 64 --bptt 100
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+from rnnkit.models.language_model import LanguageModel, LMConfig
+from rnnkit.optim import Adam
+
+
+def rnnkit_step(cell, V, E, H, L, B, T, seed=0):
+    rng = np.random.default_rng(seed)
+    model = LanguageModel(LMConfig(vocab_size=V, cell=cell, embedding_size=E, hidden_size=H,
+                                   num_layers=L, dropout=0.0), rng=rng)
+    opt = Adam(model.params, model.grads, lr=1e-3)
+    x, y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+
+    def step():
+        model.loss(x, y)
+        model.backward()
+        opt.step()
+    return step, model
+
+
+def torch_step(cell, V, E, H, L, B, T, seed=0):
+    import torch
+    torch.manual_seed(seed)
+    rnn_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
+    emb, rnn, lin = torch.nn.Embedding(V, E), rnn_cls(E, H, L, batch_first=True), torch.nn.Linear(H, V)
+    params = [*emb.parameters(), *rnn.parameters(), *lin.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g)
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        out, _ = rnn(emb(x))
+        loss = torch.nn.functional.cross_entropy(lin(out).reshape(-1, V), y.reshape(-1))
+        loss.backward()
+        opt.step()
+    return step
+
+
+def matmul_flops(cell, V, E, H, L, B, T) -> float:
+    """Matrix-product FLOPs of one training step (forward + backward), the work a GEMM does."""
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell] * H
+    M = B * T
+    f = 0.0
+    for k in range(L):
+        D = E if k == 0 else H
+        f += 2 * M * D * G + 2 * M * H * G            # forward: input projection, recurrence
+        f += 4 * M * H * G + 4 * M * D * G            # backward: dh, dW_hh, dW_ih, dx
+    f += 2 * M * H * V * 3                            # decoder forward, dW, dX
+    return f
+
+
+def gemm_peak(n=1024, reps=20) -> float:
+    """Measured float32 GEMM rate of NumPy's BLAS here (FLOP/s), best of ``reps``."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = a.copy()
+    c = np.empty_like(a)
+    np.matmul(a, b, out=c)
+    best = min(_time(lambda: np.matmul(a, b, out=c)) for _ in range(reps))
+    return 2 * n ** 3 / best
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_torch=True) -> dict:
+    ours, _ = rnnkit_step(cell, V, E, H, L, B, T)
+    theirs = torch_step(cell, V, E, H, L, B, T) if with_torch else None
+    for _ in range(warmup):
+        ours()
+        if theirs:
+            theirs()
+    t_ours, t_theirs = [], []
+    for _ in range(reps):
+        t_ours.append(_time(ours))
+        if theirs:
+            t_theirs.append(_time(theirs))
+    mo = statistics.median(t_ours)
+    row = {"cell": cell, "H": H, "layers": L, "B": B, "T": T, "V": V, "E": E,
+           "rnnkit_ms": mo * 1e3, "rnnkit_tok_s": B * T / mo,
+           "rnnkit_gflops": matmul_flops(cell, V, E, H, L, B, T) / mo / 1e9}
+    if theirs:
+        mt = statistics.median(t_theirs)
+        row.update(torch_ms=mt * 1e3, torch_tok_s=B * T / mt, ratio=mt / mo)
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cells", nargs="+", default=["lstm", "gru", "rnn"])
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--bptt", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(2)
+    peak = gemm_peak()
+    print(f"float32 GEMM peak here: {peak / 1e9:.0f} GFLOP/s | torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    rows = []
+    for cell in args.cells:
+        r = compare(cell, H=args.hidden, B=args.batch, T=args.bptt, reps=args.reps)
+        r["peak_share"] = r["rnnkit_gflops"] * 1e9 / peak
+        rows.append(r)
+        print(f"{cell:4s} H={r['H']} B={r['B']} T={r['T']}: rnnkit {r['rnnkit_tok_s']:8,.0f} tok/s "
+              f"({r['rnnkit_ms']:6.1f} ms, {r['peak_share']:.0%} of peak) | torch "
+              f"{r['torch_tok_s']:8,.0f} tok/s ({r['torch_ms']:6.1f} ms) | ratio {r['ratio']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"gemm_peak_gflops": peak / 1e9, "rows": rows}, f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
