@@ -11,7 +11,7 @@ STAMP   = $(VENV)/.rnnkit-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[progress,plot,test]'
+	$(PY) -m pip install --quiet -e '.[progress,plot,fast,test]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -14,10 +14,13 @@ import pytest
 
 from make_golden import build
 from rnnkit.gradcheck import relative_error
+from rnnkit.nn import fused
 from torch_reference import KINDS, make_inputs, reference
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden_recurrent.npz"
 TOL = {"float32": 1e-5, "float64": 1e-10}
+# both implementations of the cells' elementwise work: NumPy ufuncs, and numba when installed
+KERNELS = ["numpy"] + (["numba"] if fused.available() else [])
 
 
 def _load_golden():
@@ -40,9 +43,9 @@ def _case_id(case):
             f"-{'bf' if case['batch_first'] else 'tm'}-{case['dtype']}")
 
 
-def run_ours(case, weights, a):
+def run_ours(case, weights, a, kernels="auto"):
     """Our layer on ``weights`` and inputs ``a``: the same names as ``reference`` returns."""
-    layer = build(case, np.random.default_rng(0))
+    layer = build(case, np.random.default_rng(0), kernels)
     layer.load_state_dict(weights)
     lstm = case["kind"] == "lstm"
     state = (a["h0"], a["c0"]) if lstm else a["h0"]
@@ -74,19 +77,21 @@ def test_golden_file_covers_every_combination():
     assert any(not c["batch_first"] for c, _ in GOLDEN_CASES)
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("case,arrays", GOLDEN_CASES, ids=[_case_id(c) for c, _ in GOLDEN_CASES])
-def test_golden(case, arrays):
+def test_golden(case, arrays, kernels):
     weights = {k: v for k, v in arrays.items() if k.startswith(("weight_", "bias_"))}
     inputs = {k: arrays[k] for k in ("x", "h0", "c0", "dy", "dh_n", "dc_n", "lengths") if k in arrays}
     ref = {k: v for k, v in arrays.items() if k not in weights and k not in inputs}
-    assert_parity(run_ours(case, weights, inputs), ref, case["dtype"])
+    assert_parity(run_ours(case, weights, inputs, kernels), ref, case["dtype"])
 
 
-LIVE = [(kind, dtype, seed) for kind in KINDS for dtype in ("float32", "float64") for seed in (1, 2, 3)]
+LIVE = [(kind, dtype, seed, k) for kind in KINDS for dtype in ("float32", "float64")
+        for seed in (1, 2, 3) for k in KERNELS]
 
 
-@pytest.mark.parametrize("kind,dtype,seed", LIVE)
-def test_live_parity_random_sizes(kind, dtype, seed):
+@pytest.mark.parametrize("kind,dtype,seed,kernels", LIVE)
+def test_live_parity_random_sizes(kind, dtype, seed, kernels):
     pytest.importorskip("torch")
     rng = np.random.default_rng(seed)
     case = dict(kind=kind, dtype=dtype, num_layers=int(rng.integers(1, 4)),
@@ -96,7 +101,7 @@ def test_live_parity_random_sizes(kind, dtype, seed):
                 H=int(rng.integers(1, 9)))
     weights = {k: v.copy() for k, v in build(case, rng).state_dict().items()}
     a = make_inputs(case, rng)
-    assert_parity(run_ours(case, weights, a), reference(case, weights, a), dtype)
+    assert_parity(run_ours(case, weights, a, kernels), reference(case, weights, a), dtype)
 
 
 def test_our_weights_load_into_torch_and_back():

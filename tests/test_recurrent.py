@@ -6,8 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from rnnkit.gradcheck import gradcheck_layer
-from rnnkit.nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from rnnkit.gradcheck import gradcheck_layer, relative_error
+from rnnkit.nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, fused
 
 LAYERS = {"rnn_tanh": (RNN, {}), "rnn_relu": (RNN, {"nonlinearity": "relu"}), "lstm": (LSTM, {}),
           "gru": (GRU, {})}
@@ -241,3 +241,30 @@ def test_bad_constructor_arguments():
         GRU(3, 4, num_layers=0)
     with pytest.raises(ValueError):
         LSTM(3, 4, dtype=np.float16)
+
+
+@pytest.mark.skipif(not fused.available(), reason="numba is not installed")
+@pytest.mark.parametrize("kind", list(LAYERS))
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_numba_kernels_equal_numpy_kernels(kind, dtype, tol):
+    """Training-sized random data, variable lengths, two layers, both directions."""
+    rng = np.random.default_rng(15)
+    cls, extra = LAYERS[kind]
+    layers = [cls(6, 9, num_layers=2, bidirectional=True, rng=np.random.default_rng(1),
+                  dtype=dtype, kernels=k, **extra) for k in ("numpy", "numba")]
+    x = rng.standard_normal((5, 7, 6)).astype(dtype)
+    lengths = np.array([7, 3, 5, 1, 6])
+    dy = rng.standard_normal((5, 7, 18)).astype(dtype)
+    outs = []
+    for layer in layers:
+        y, h = layer(x, lengths=lengths)
+        dx, dh0 = layer.backward(dy)
+        outs.append([y, dx] + list(np.atleast_1d(h) if kind != "lstm" else h) + list(layer.grads))
+    for a, b in zip(*outs):
+        assert relative_error(np.asarray(a, np.float64), np.asarray(b, np.float64)) < tol
+
+
+def test_kernels_argument():
+    with pytest.raises(ValueError, match="kernels must be"):
+        LSTM(3, 4, kernels="cuda")
+    assert not LSTM(3, 4, kernels="numpy").cells[0][0].fused_kernels

@@ -25,8 +25,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from . import fused as _fused
 from .basic import _rng
 from .module import Module
+
+KERNELS = ("auto", "numpy", "numba")
 
 
 class _Cell(Module):
@@ -38,10 +41,17 @@ class _Cell(Module):
     cache_slots = 0           # (T, N, H) buffers kept for backward besides the activations
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, rng=None,
-                 dtype=np.float32, device: str = "cpu"):
+                 dtype=np.float32, device: str = "cpu", kernels: str = "auto"):
         super().__init__(dtype, device)
         if input_size < 1 or hidden_size < 1:
             raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}")
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+        can_fuse = _fused.available() and self.xp is np
+        if kernels == "numba" and not can_fuse:
+            raise ValueError("kernels='numba' needs numba (pip install 'rnnkit[fast]') and the CPU")
+        # the elementwise work of a step: one fused numba pass, or NumPy ufuncs (same numbers)
+        self.fused_kernels = can_fuse if kernels == "auto" else kernels == "numba"
         rng = _rng(rng)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         G, H = self.gates * hidden_size, hidden_size
@@ -190,6 +200,10 @@ class RNNCell(_Cell):
 
     def step_forward(self, f, A, prev, nxt, cache, tmp, b):
         xp = self.xp
+        if self.fused_kernels:
+            xp.matmul(prev[0][:b], f.WhhT, out=tmp[0][:b])
+            _fused.rnn_forward(A, tmp[0], nxt[0], b, self.nonlinearity == "relu")
+            return
         h = nxt[0][:b]
         xp.matmul(prev[0][:b], f.WhhT, out=h)                      # W_hh h
         h += A[:b]                                                 # + W_ih x + b
@@ -203,7 +217,9 @@ class RNNCell(_Cell):
         xp = self.xp
         dh, h = d[0][:b], A[:b]
         dz = dXP[:b]
-        if self.nonlinearity == "tanh":
+        if self.fused_kernels:
+            _fused.rnn_backward(A, d[0], dXP, b, self.nonlinearity == "relu")
+        elif self.nonlinearity == "tanh":
             xp.multiply(h, h, out=dz)
             xp.subtract(1, dz, out=dz)                             # 1 - h'^2
             dz *= dh
@@ -253,6 +269,9 @@ class LSTMCell(_Cell):
         xp, H = self.xp, self.hidden_size
         a = A[:b]                                                  # (b, 4H): i f o g
         xp.matmul(prev[0][:b], f.WhhT, out=tmp[0][:b])
+        if self.fused_kernels:
+            _fused.lstm_forward(A, tmp[0], prev[1], nxt[1], cache[0], nxt[0], b)
+            return
         a += tmp[0][:b]
         xp.tanh(a, out=a)
         s = a[:, : 3 * H]
@@ -271,6 +290,10 @@ class LSTMCell(_Cell):
         a, tc, c_prev = A[:b], cache[0][:b], prev[1][:b]
         i, fg, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
         dh, dc, dz, t = d[0][:b], d[1][:b], dXP[:b], tmp[1][:b]
+        if self.fused_kernels:
+            _fused.lstm_backward(A, cache[0], prev[1], d[0], d[1], dXP, b)
+            xp.matmul(dz, f.Whh, out=dh)
+            return
         # the cell state: dc' += dh' * o * (1 - tanh(c')^2)
         xp.multiply(tc, tc, out=t)
         xp.subtract(1, t, out=t)
@@ -335,6 +358,9 @@ class GRUCell(_Cell):
         xp, H = self.xp, self.hidden_size
         a, hh, h_prev = A[:b], tmp[0][:b], prev[0][:b]
         xp.matmul(h_prev, f.WhhT, out=hh)                          # (b, 3H): W_h* h
+        if self.fused_kernels:
+            _fused.gru_forward(A, tmp[0], f.b_hn, prev[0], cache[0], nxt[0], b)
+            return
         rz = a[:, : 2 * H]
         rz += hh[:, : 2 * H]
         xp.tanh(rz, out=rz)
@@ -358,6 +384,11 @@ class GRUCell(_Cell):
         r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
         dh, dx_, dh_ = d[0][:b], dXP[:b], dHH[:b]
         t = tmp[1][:b]
+        if self.fused_kernels:
+            _fused.gru_backward(A, cache[0], prev[0], d[0], dXP, dHH, b)
+            xp.matmul(dh_, f.Whh, out=t)
+            dh += t
+            return
         # dz_n = dh' (1 - z) (1 - n^2)
         dzn = dx_[:, 2 * H:]
         xp.multiply(dh, z, out=t)
