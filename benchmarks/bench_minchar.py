@@ -9,14 +9,13 @@ B parallel streams, which is where its speed comes from.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import numpy as np
 
 from rnnkit.models.language_model import LanguageModel, LMConfig
 from rnnkit.optim import Adagrad, clip_grad_value
+from common import finish, parser
 
 
 def minchar_tokens_per_s(V=65, H=100, T=25, steps=200, seed=0) -> float:
@@ -88,8 +87,7 @@ def rnnkit_tokens_per_s(V=65, H=100, T=25, B=256, steps=30, dtype="float32", see
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--json")
+    ap = parser(__doc__)
     args = ap.parse_args(argv)
     base = minchar_tokens_per_s()
     rows = [{"name": "min-char-rnn loop (B=1, float64)", "tokens_per_s": base, "ratio": 1.0}]
@@ -98,10 +96,7 @@ def main(argv=None):
         r = rnnkit_tokens_per_s(B=B, dtype=dt, steps=200 if B == 1 else 30)
         rows.append({"name": f"rnnkit B={B} {dt}", "tokens_per_s": r, "ratio": r / base})
         print(f"rnnkit, batch {B:4d} {dt}: {r:10,.0f} tokens/s | {r / base:5.1f}x")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-    return rows
+    return finish(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ a softmax with temperature and a draw from it. PyTorch runs its default CPU path
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import numpy as np
 
 from rnnkit.generate import SampleSettings, generate_batch
 from rnnkit.models.language_model import LanguageModel, LMConfig
+from common import finish, parser
 
 
 def rnnkit_us_per_token(cell="lstm", H=256, L=2, V=65, E=64, n=2000, batch=1) -> float:
@@ -51,9 +50,8 @@ def torch_us_per_token(cell="lstm", H=256, L=2, V=65, E=64, n=2000, batch=1) -> 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--tokens", type=int, default=2000)
-    ap.add_argument("--json")
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(2)
@@ -65,10 +63,7 @@ def main(argv=None):
                      "rnnkit_us_per_token": ours / batch, "ratio": theirs / ours})
         print(f"batch {batch:3d}: rnnkit {ours:8.1f} us/step ({ours / batch:7.2f} us/token) | "
               f"torch {theirs:8.1f} us/step | ratio {theirs / ours:.1f}x")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-    return rows
+    return finish(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ is what to read (> 1: rnnkit is faster).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 
@@ -19,6 +17,7 @@ import numpy as np
 
 from rnnkit.models.language_model import LanguageModel, LMConfig
 from rnnkit.optim import Adam
+from common import finish, parser
 
 
 def rnnkit_step(cell, V, E, H, L, B, T, seed=0):
@@ -106,13 +105,12 @@ def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_tor
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--cells", nargs="+", default=["lstm", "gru", "rnn"])
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--bptt", type=int, default=64)
     ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(2)
@@ -127,10 +125,7 @@ def main(argv=None):
         print(f"{cell:4s} H={r['H']} B={r['B']} T={r['T']}: rnnkit {r['rnnkit_tok_s']:8,.0f} tok/s "
               f"({r['rnnkit_ms']:6.1f} ms, {r['peak_share']:.0%} of peak) | torch "
               f"{r['torch_tok_s']:8,.0f} tok/s ({r['torch_ms']:6.1f} ms) | ratio {r['ratio']:.2f}x")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"gemm_peak_gflops": peak / 1e9, "rows": rows}, f, indent=2)
-    return rows
+    return finish(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,101 @@
+"""Run every benchmark, rnnkit beside PyTorch, and write benchmarks/results/results.{json,md}.
+
+    python benchmarks/run_all.py            # or: make bench (installs the CPU build of torch)
+
+The machine is shared and noisy: read the ratios, which are measured side by side in one run,
+not the absolute times.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+import bench_memory
+import bench_minchar
+import bench_sample
+import bench_scaling
+import bench_train
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    import torch
+    from rnnkit.nn import fused
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "torch": torch.__version__,
+            "numba": fused.available(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"# rnnkit benchmarks ({m['date']})", "",
+             f"{m['cpu']}, {m['cores']} cores; Python {m['python']}, NumPy {m['numpy']}, "
+             f"PyTorch {m['torch']} (2 threads), numba kernels: {m['numba']}. "
+             f"float32 GEMM peak measured: {res['gemm_peak_gflops']:.0f} GFLOP/s.", "",
+             "## Training throughput (tokens/s; ratio > 1: rnnkit faster)", "",
+             "| cell | H | B | T | rnnkit | PyTorch | ratio | rnnkit share of GEMM peak |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["train"]:
+        lines.append(f"| {r['cell']} | {r['H']} | {r['B']} | {r['T']} | {r['rnnkit_tok_s']:,.0f} | "
+                     f"{r['torch_tok_s']:,.0f} | {r['ratio']:.2f}x | {r['peak_share']:.0%} |")
+    lines += ["", "## Sampling (2 x 256 LSTM, vocabulary 65)", "",
+              "| batch | rnnkit us/step | us/token | PyTorch us/step | ratio |", "|---:|---:|---:|---:|---:|"]
+    for r in res["sample"]:
+        lines.append(f"| {r['batch']} | {r['rnnkit_us_per_step']:.1f} | {r['rnnkit_us_per_token']:.2f} | "
+                     f"{r['torch_us_per_step']:.1f} | {r['ratio']:.1f}x |")
+    lines += ["", "## min-char-rnn's job (vanilla RNN, hidden 100, 25 steps, Adagrad)", "",
+              "| run | tokens/s | vs min-char-rnn |", "|---|---:|---:|"]
+    for r in res["minchar"]:
+        lines.append(f"| {r['name']} | {r['tokens_per_s']:,.0f} | {r['ratio']:.1f}x |")
+    lines += ["", "## Peak memory of a training step (MB above the set-up)", "",
+              "| cell | H | B | T | rnnkit | PyTorch | rnnkit / PyTorch |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in res["memory"]:
+        lines.append(f"| {r['cell']} | {r['H']} | {r['B']} | {r['T']} | {r['rnnkit_step_mb']:.1f} | "
+                     f"{r['torch_step_mb']:.1f} | {r['ratio']:.2f} |")
+    lines += ["", "## How cost grows (LSTM LM, rnnkit)", "",
+              "| change | H | B | T | us/token | vs base | GFLOP/s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in res["scaling"]:
+        lines.append(f"| {r['change']} | {r['H']} | {r['B']} | {r['T']} | {r['us_per_token']:.2f} | "
+                     f"{r['vs_base']:.2f}x | {r['gflops']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    import torch
+    torch.set_num_threads(2)
+    OUT.mkdir(exist_ok=True)
+    res = {"machine": machine(), "gemm_peak_gflops": bench_train.gemm_peak() / 1e9, "train": []}
+    print("== training throughput")
+    for cell in ("lstm", "gru", "rnn"):
+        for H, B, T in ((256, 32, 64), (512, 64, 100)):
+            r = bench_train.compare(cell, H=H, B=B, T=T, reps=7 if H == 256 else 3)
+            r["peak_share"] = r["rnnkit_gflops"] / res["gemm_peak_gflops"]
+            res["train"].append(r)
+            print(f"{cell} H={H}: ratio {r['ratio']:.2f}x, {r['peak_share']:.0%} of peak")
+    print("== sampling")
+    res["sample"] = bench_sample.main([])
+    print("== min-char-rnn")
+    res["minchar"] = bench_minchar.main([])
+    print("== memory")
+    res["memory"] = bench_memory.main([])
+    print("== scaling")
+    res["scaling"] = bench_scaling.main([])
+    (OUT / "results.json").write_text(json.dumps(res, indent=2))
+    (OUT / "results.md").write_text(markdown(res))
+    print(f"wrote {OUT / 'results.json'} and {OUT / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
