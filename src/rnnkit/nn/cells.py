@@ -3,20 +3,30 @@
 Each cell is a layer of its own (``forward`` one step, ``backward`` one step, parameters named as
 torch.nn.RNNCell / LSTMCell / GRUCell) and also the kernel that the sequence layers in
 ``recurrent.py`` loop over time. The sequence layers add what a loop can share: the input
-projection of the whole sequence as one matrix product (``step_forward`` receives
-``x_t W_ih^T + b`` already computed) and the weight gradients of every step as one matrix product
+projection of the whole sequence as one matrix product (``step_forward`` finds ``W_ih x_t + b``
+already in ``A``) and the weight gradients of every step as one matrix product
 (``weight_grads``), so the per-step kernels here do only the recurrent product and the
 elementwise work, writing into buffers they are given.
 
-Internal layout (a detail of speed, invisible at the API): the kernels use *fused* weights made by
-``fused()``. Gates that end in a sigmoid have their rows scaled by 1/2, because
-``sigmoid(z) = (1 + tanh(z / 2)) / 2`` lets one ``tanh`` pass cover every gate; scaling by a power
-of two is exact in floating point, so nothing is lost. The LSTM's gates are reordered from
-PyTorch's (i, f, g, o) to (i, f, o, g) so the three sigmoid gates are contiguous. Gradients are
-taken with respect to the true (unscaled) pre-activations and returned in PyTorch's order.
+Internal layout (details of speed, invisible at the API):
 
-Shapes: ``N`` batch, ``D`` input size, ``H`` hidden size, ``G`` = gates * H. Inside kernels only
-the first ``b`` rows are active (variable-length batches sorted by length, longest first).
+- *Feature-major buffers.* Kernels work on ``(features, time, batch)`` arrays: gate
+  pre-activations ``A (G, T, N)``, states ``S (H, T + 2, N)``, caches ``(H, T, N)``. A step's
+  recurrent product is then ``W_hh (G, H) @ h (H, N)``, the shape in which BLAS runs a
+  small-batch product fastest (1.2-1.5x the ``h (N, H) @ W_hh^T`` form here), each gate is a
+  contiguous block of rows, and the products over all steps (``W_ih X`` forward, ``dZ X^T`` for
+  the weight gradients) are single matrix products over the ``T * N`` columns.
+- *Fused weights* made by ``fused()``. Gates that end in a sigmoid have their rows scaled by 1/2,
+  because ``sigmoid(z) = (1 + tanh(z / 2)) / 2`` lets one ``tanh`` pass cover every gate; scaling
+  by a power of two is exact in floating point. The LSTM's gates are reordered from PyTorch's
+  (i, f, g, o) to (i, f, o, g) so that the three sigmoid gates are contiguous. Gradients are taken
+  with respect to the true (unscaled) pre-activations and returned in PyTorch's order.
+- *Two implementations of the elementwise work*: NumPy ufuncs, or one fused numba pass
+  (``fused.py``) when numba is installed; they give the same numbers.
+
+Shapes: ``N`` batch, ``D`` input size, ``H`` hidden size, ``G`` = gates * H. A step ``t`` reads
+the previous state from slot ``p`` of ``S`` and writes the new one to slot ``t + 1``. Only the
+first ``b`` columns are active (variable-length batches sorted by length, longest first).
 """
 from __future__ import annotations
 
@@ -38,7 +48,7 @@ class _Cell(Module):
     gates = 1                 # number of H-sized gate blocks
     num_states = 1            # (h,) or (h, c)
     sigmoid_blocks = 0        # how many leading blocks (in fused order) end in a sigmoid
-    cache_slots = 0           # (T, N, H) buffers kept for backward besides the activations
+    cache_slots = 0           # (H, T, N) buffers kept for backward besides the activations
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, rng=None,
                  dtype=np.float32, device: str = "cpu", kernels: str = "auto"):
@@ -71,27 +81,27 @@ class _Cell(Module):
     def fused(self) -> SimpleNamespace:
         """Weights laid out for the kernels, recomputed from the parameters (cheap: O(G*(D+H))).
 
-        ``WihT (D, G)`` and ``WhhT (H, G)`` scaled and reordered for the forward products;
-        ``Wih (G, D)`` and ``Whh (G, H)`` reordered, unscaled, for the backward products;
-        ``b (G,)`` the bias added to the input projection (``b_ih + b_hh`` where the two add up);
-        ``b_hn (H,)`` the GRU's recurrent bias of the candidate (zero-sized for other cells).
+        ``Wx (G, D)`` and ``Wh (G, H)``: reordered and scaled, for the forward products;
+        ``WxT (D, G)`` and ``WhT (H, G)``: reordered, unscaled, transposed, for the backward ones;
+        ``b (G,)``: the bias added to the input projection (``b_ih + b_hh`` where the two add up);
+        ``b_hn (H,)``: the GRU's recurrent bias of the candidate (empty for the other cells).
         """
         xp, H = self.xp, self.hidden_size
         order = self._order()
         Wih, Whh = self.weight_ih, self.weight_hh
         if order is not None:
             Wih, Whh = Wih[order], Whh[order]
-        scale = xp.ones(self.gates * H, dtype=self.dtype)
+        scale = xp.ones((self.gates * H, 1), dtype=self.dtype)
         scale[: self.sigmoid_blocks * H] = 0.5
-        f = SimpleNamespace(Wih=Wih, Whh=Whh, WihT=xp.ascontiguousarray((Wih * scale[:, None]).T),
-                            WhhT=xp.ascontiguousarray((Whh * scale[:, None]).T))
+        f = SimpleNamespace(Wx=Wih * scale, Wh=Whh * scale, WxT=xp.ascontiguousarray(Wih.T),
+                            WhT=xp.ascontiguousarray(Whh.T))
         if self.bias:
             b_ih, b_hh = self.bias_ih, self.bias_hh
             if order is not None:
                 b_ih, b_hh = b_ih[order], b_hh[order]
             b = b_ih + b_hh
             f.b_hn = self._recurrent_candidate_bias(b, b_hh)
-            f.b = b * scale
+            f.b = b * scale[:, 0]
         else:
             f.b = xp.zeros(self.gates * H, dtype=self.dtype)
             f.b_hn = xp.zeros(H if self.gates == 3 else 0, dtype=self.dtype)
@@ -100,26 +110,25 @@ class _Cell(Module):
     def _recurrent_candidate_bias(self, b, b_hh):
         return b_hh[:0]
 
-    def weight_grads(self, X, Hprev, dXP, dHH, accumulate: bool = False):
+    def weight_grads(self, X, Hprev, dXP, dHH) -> None:
         """Write the parameter gradients of many steps at once, in PyTorch's order.
 
-        ``X (M, D)`` inputs, ``Hprev (M, H)`` previous hidden states, ``dXP (M, G)`` gradients of the
-        input pre-activations and ``dHH (M, G)`` of the recurrent ones (fused order; rows of all
-        time steps stacked): ``dW_ih = dXP^T X``, ``dW_hh = dHH^T Hprev``, ``db_ih = sum dXP``,
-        ``db_hh = sum dHH``.
+        Columns are (time, batch) pairs, ``M`` of them: ``X (D, M)`` inputs, ``Hprev (H, M)``
+        previous hidden states, ``dXP (G, M)`` gradients of the input-side pre-activations and
+        ``dHH (G, M)`` of the recurrent ones (fused order)::
+
+            dW_ih = dXP X^T     dW_hh = dHH Hprev^T     db_ih = sum_cols dXP     db_hh = sum_cols dHH
         """
+        xp = self.xp
         order = self._order()
         inv = None if order is None else np.argsort(order)
-        parts = [("weight_ih", dXP.T @ X), ("weight_hh", dHH.T @ Hprev)]
+        parts = [("weight_ih", dXP @ X.T), ("weight_hh", dHH @ Hprev.T)]
         if self.bias:
-            parts += [("bias_ih", dXP.sum(axis=0)), ("bias_hh", dHH.sum(axis=0))]
+            ones = xp.ones(dXP.shape[1], dtype=self.dtype)
+            db_ih = dXP @ ones                                     # a GEMV: faster than .sum(1)
+            parts += [("bias_ih", db_ih), ("bias_hh", db_ih if dHH is dXP else dHH @ ones)]
         for name, value in parts:
-            if inv is not None:
-                value = value[inv]
-            if accumulate:
-                self._grads[name] += value
-            else:
-                self._grads[name][...] = value
+            self._grads[name][...] = value if inv is None else value[inv]
 
     # -- one step as a layer ------------------------------------------------------------------
     def _check_step(self, x, state):
@@ -141,38 +150,38 @@ class _Cell(Module):
         return out
 
     def _step(self, x, state):
-        """Run ``step_forward`` on one step with fresh buffers; cache for ``_step_back``."""
-        xp, H = self.xp, self.hidden_size
+        """Run ``step_forward`` on one step in fresh buffers; keep them for ``_step_back``."""
+        xp, H, dt = self.xp, self.hidden_size, self.dtype
         states_prev = self._check_step(x, state)
         N = x.shape[0]
         f = self.fused()
-        A = x @ f.WihT + f.b                                       # (N, G), becomes activations
-        nxt = [xp.empty((N, H), dtype=self.dtype) for _ in range(self.num_states)]
-        cache = [xp.empty((1, N, H), dtype=self.dtype) for _ in range(self.cache_slots)]
-        self.step_forward(f, A, states_prev, nxt, [c[0] for c in cache], self.new_tmp(N), N)
-        self._step_cache = (f, x, A, states_prev, cache)
-        return nxt
+        A = (f.Wx @ x.T + f.b[:, None])[:, None, :]               # (G, 1, N), becomes activations
+        S = [xp.empty((H, 2, N), dtype=dt) for _ in range(self.num_states)]
+        for Sj, s in zip(S, states_prev):
+            Sj[:, 0] = s.T                                         # slot 0: previous state
+        cache = [xp.empty((H, 1, N), dtype=dt) for _ in range(self.cache_slots)]
+        self.step_forward(f, A, 0, S, 0, cache, self.new_tmp(N), N)
+        self._step_cache = (f, x, A, S, cache)
+        return [xp.ascontiguousarray(Sj[:, 1].T) for Sj in S]     # slot 1: the new state
 
     def _step_back(self, dstates):
-        xp, H = self.xp, self.hidden_size
+        xp, H, dt = self.xp, self.hidden_size, self.dtype
         if self._step_cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        f, x, A, states_prev, cache = self._step_cache
+        f, x, A, S, cache = self._step_cache
         N = x.shape[0]
-        d = [xp.zeros((N, H), dtype=self.dtype) if ds is None else xp.array(ds, dtype=self.dtype)
+        d = [xp.zeros((H, N), dtype=dt) if ds is None else xp.array(ds.T, dtype=dt, order="C")
              for ds in dstates]
-        dXP = xp.empty((N, self.gates * H), dtype=self.dtype)
+        dXP = xp.empty((self.gates * H, 1, N), dtype=dt)
         dHH = xp.empty_like(dXP) if self.gates == 3 else dXP
-        self.step_backward(f, A, states_prev, [c[0] for c in cache], d, dXP, dHH,
-                           self.new_tmp(N), N)
-        self.weight_grads(x, states_prev[0], dXP, dHH)
-        return dXP @ f.Wih, d
+        self.step_backward(f, A, 0, S, 0, cache, d, dXP, dHH, self.new_tmp(N), N)
+        self.weight_grads(x.T, S[0][:, 0], dXP[:, 0], dHH[:, 0])
+        return (f.WxT @ dXP[:, 0]).T, [dj.T for dj in d]
 
-    # -- what each cell defines -----------------------------------------------------------------
     def new_tmp(self, N: int) -> list:
-        """Scratch buffers the kernels reuse at every step."""
-        return [self.xp.empty((N, self.gates * self.hidden_size), dtype=self.dtype),
-                self.xp.empty((N, self.hidden_size), dtype=self.dtype)]
+        """Scratch buffers the kernels reuse at every step: ``(G, N)`` and ``(H, N)``."""
+        return [self.xp.empty((self.gates * self.hidden_size, N), dtype=self.dtype),
+                self.xp.empty((self.hidden_size, N), dtype=self.dtype)]
 
 
 class RNNCell(_Cell):
@@ -180,7 +189,7 @@ class RNNCell(_Cell):
 
         h' = tanh(W_ih x + b_ih + W_hh h + b_hh)        (or relu with nonlinearity='relu')
 
-    Backward: ``dz = dh' * (1 - h'^2)`` (relu: ``dh' * [h' > 0]``), ``dh = dz W_hh``, ``dx = dz W_ih``.
+    Backward: ``dz = dh' * (1 - h'^2)`` (relu: ``dh' * [h' > 0]``), ``dh = W_hh^T dz``, ``dx = W_ih^T dz``.
     """
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", **kw):
@@ -198,27 +207,26 @@ class RNNCell(_Cell):
         dx, (dh_prev,) = self._step_back([dh])
         return dx, dh_prev
 
-    def step_forward(self, f, A, prev, nxt, cache, tmp, b):
-        xp = self.xp
+    def step_forward(self, f, A, t, S, p, cache, tmp, b):
+        xp, relu = self.xp, self.nonlinearity == "relu"
+        R = tmp[0][:, :b]
+        xp.matmul(f.Wh, S[0][:, p, :b], out=R)                    # W_hh h
         if self.fused_kernels:
-            xp.matmul(prev[0][:b], f.WhhT, out=tmp[0][:b])
-            _fused.rnn_forward(A, tmp[0], nxt[0], b, self.nonlinearity == "relu")
+            _fused.rnn_forward(A, tmp[0], t, S[0], b, relu)
             return
-        h = nxt[0][:b]
-        xp.matmul(prev[0][:b], f.WhhT, out=h)                      # W_hh h
-        h += A[:b]                                                 # + W_ih x + b
-        if self.nonlinearity == "tanh":
-            xp.tanh(h, out=h)
+        a = A[:, t, :b]
+        a += R                                                     # + W_ih x + b
+        if relu:
+            xp.maximum(a, 0, out=a)
         else:
-            xp.maximum(h, 0, out=h)
-        A[:b] = h                                                  # activations kept for backward
+            xp.tanh(a, out=a)
+        S[0][:, t + 1, :b] = a                                     # h' (a stays for backward)
 
-    def step_backward(self, f, A, prev, cache, d, dXP, dHH, tmp, b):
+    def step_backward(self, f, A, t, S, p, cache, d, dXP, dHH, tmp, b):
         xp = self.xp
-        dh, h = d[0][:b], A[:b]
-        dz = dXP[:b]
+        dh, h, dz = d[0][:, :b], A[:, t, :b], dXP[:, t, :b]
         if self.fused_kernels:
-            _fused.rnn_backward(A, d[0], dXP, b, self.nonlinearity == "relu")
+            _fused.rnn_backward(A, t, d[0], dXP, b, self.nonlinearity == "relu")
         elif self.nonlinearity == "tanh":
             xp.multiply(h, h, out=dz)
             xp.subtract(1, dz, out=dz)                             # 1 - h'^2
@@ -226,7 +234,7 @@ class RNNCell(_Cell):
         else:
             xp.greater(h, 0, out=dz)
             dz *= dh
-        xp.matmul(dz, f.Whh, out=dh)                               # dh = dz W_hh
+        xp.matmul(f.WhT, dz, out=dh)                               # dh = W_hh^T dz
 
 
 class LSTMCell(_Cell):
@@ -244,7 +252,7 @@ class LSTMCell(_Cell):
         dc' += dh' * o * (1 - tanh(c')^2)
         do = dh' * tanh(c')     di = dc' * g     df = dc' * c     dg = dc' * i
         dz_{i,f,o} = d{i,f,o} * s (1 - s)        dz_g = dg * (1 - g^2)
-        dc = dc' * f            dh = dz W_hh     dx = dz W_ih
+        dc = dc' * f            dh = W_hh^T dz   dx = W_ih^T dz
     """
 
     gates, num_states, sigmoid_blocks, cache_slots = 4, 2, 3, 1     # cache: tanh(c')
@@ -265,58 +273,58 @@ class LSTMCell(_Cell):
         dx, (dh_prev, dc_prev) = self._step_back([dh, dc])
         return dx, (dh_prev, dc_prev)
 
-    def step_forward(self, f, A, prev, nxt, cache, tmp, b):
+    def step_forward(self, f, A, t, S, p, cache, tmp, b):
         xp, H = self.xp, self.hidden_size
-        a = A[:b]                                                  # (b, 4H): i f o g
-        xp.matmul(prev[0][:b], f.WhhT, out=tmp[0][:b])
+        R = tmp[0][:, :b]
+        xp.matmul(f.Wh, S[0][:, p, :b], out=R)                    # W_hh h
         if self.fused_kernels:
-            _fused.lstm_forward(A, tmp[0], prev[1], nxt[1], cache[0], nxt[0], b)
+            _fused.lstm_forward(A, tmp[0], t, S[0], S[1], p, cache[0], b)
             return
-        a += tmp[0][:b]
+        a = A[:, t, :b]                                            # (4H, b): i f o g
+        a += R
         xp.tanh(a, out=a)
-        s = a[:, : 3 * H]
+        s = a[: 3 * H]
         s *= 0.5
         s += 0.5                                                   # sigmoid(z) = (1 + tanh(z/2)) / 2
-        i, fg, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        c, tc, h, ig = nxt[1][:b], cache[0][:b], nxt[0][:b], tmp[1][:b]
-        xp.multiply(fg, prev[1][:b], out=c)
+        i, fg, o, g = a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]
+        c, tc, h, ig = S[1][:, t + 1, :b], cache[0][:, t, :b], S[0][:, t + 1, :b], tmp[1][:, :b]
+        xp.multiply(fg, S[1][:, p, :b], out=c)
         xp.multiply(i, g, out=ig)
         c += ig                                                    # c' = f c + i g
         xp.tanh(c, out=tc)
         xp.multiply(o, tc, out=h)                                  # h' = o tanh(c')
 
-    def step_backward(self, f, A, prev, cache, d, dXP, dHH, tmp, b):
+    def step_backward(self, f, A, t, S, p, cache, d, dXP, dHH, tmp, b):
         xp, H = self.xp, self.hidden_size
-        a, tc, c_prev = A[:b], cache[0][:b], prev[1][:b]
-        i, fg, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        dh, dc, dz, t = d[0][:b], d[1][:b], dXP[:b], tmp[1][:b]
+        dh, dc, dz = d[0][:, :b], d[1][:, :b], dXP[:, t, :b]
         if self.fused_kernels:
-            _fused.lstm_backward(A, cache[0], prev[1], d[0], d[1], dXP, b)
-            xp.matmul(dz, f.Whh, out=dh)
+            _fused.lstm_backward(A, t, S[1], p, cache[0], d[0], d[1], dXP, b)
+            xp.matmul(f.WhT, dz, out=dh)
             return
+        a, tc, c_prev, tt = A[:, t, :b], cache[0][:, t, :b], S[1][:, p, :b], tmp[1][:, :b]
+        i, fg, o, g = a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]
         # the cell state: dc' += dh' * o * (1 - tanh(c')^2)
-        xp.multiply(tc, tc, out=t)
-        xp.subtract(1, t, out=t)
-        t *= o
-        t *= dh
-        dc += t
-        # gate gradients before their nonlinearities (columns i f o g)
-        xp.multiply(dc, g, out=dz[:, :H])
-        xp.multiply(dc, c_prev, out=dz[:, H:2 * H])
-        xp.multiply(dh, tc, out=dz[:, 2 * H:3 * H])
-        xp.multiply(dc, i, out=dz[:, 3 * H:])
+        xp.multiply(tc, tc, out=tt)
+        xp.subtract(1, tt, out=tt)
+        tt *= o
+        tt *= dh
+        dc += tt
+        # gate gradients before their nonlinearities (blocks i f o g)
+        xp.multiply(dc, g, out=dz[:H])
+        xp.multiply(dc, c_prev, out=dz[H:2 * H])
+        xp.multiply(dh, tc, out=dz[2 * H:3 * H])
+        xp.multiply(dc, i, out=dz[3 * H:])
         # through the nonlinearities: s (1 - s) for i f o, 1 - g^2 for g
-        ds = tmp[0][:b, : 3 * H]
-        s = a[:, : 3 * H]
+        s, ds = a[: 3 * H], tmp[0][: 3 * H, :b]
         xp.multiply(s, s, out=ds)
         xp.subtract(s, ds, out=ds)
-        dz[:, : 3 * H] *= ds
-        xp.multiply(g, g, out=t)
-        xp.subtract(1, t, out=t)
-        dz[:, 3 * H:] *= t
+        dz[: 3 * H] *= ds
+        xp.multiply(g, g, out=tt)
+        xp.subtract(1, tt, out=tt)
+        dz[3 * H:] *= tt
         # to the previous step
         dc *= fg                                                   # dc = dc' * f
-        xp.matmul(dz, f.Whh, out=dh)                               # dh = dz W_hh
+        xp.matmul(f.WhT, dz, out=dh)                               # dh = W_hh^T dz
 
 
 class GRUCell(_Cell):
@@ -333,7 +341,7 @@ class GRUCell(_Cell):
         dz_n = dn * (1 - n^2)      dz_r = dz_n * hn * r (1 - r)     dz_z = dz * z (1 - z)
         input side:     d(W_i* x) = (dz_r, dz_z, dz_n)
         recurrent side: d(W_h* h) = (dz_r, dz_z, dz_n * r)
-        dh = dh' * z + d(W_h* h) W_hh      dx = d(W_i* x) W_ih
+        dh = dh' * z + W_hh^T d(W_h* h)      dx = W_ih^T d(W_i* x)
     """
 
     gates, num_states, sigmoid_blocks, cache_slots = 3, 1, 2, 1     # cache: W_hn h + b_hn
@@ -354,65 +362,65 @@ class GRUCell(_Cell):
         dx, (dh_prev,) = self._step_back([dh])
         return dx, dh_prev
 
-    def step_forward(self, f, A, prev, nxt, cache, tmp, b):
+    def step_forward(self, f, A, t, S, p, cache, tmp, b):
         xp, H = self.xp, self.hidden_size
-        a, hh, h_prev = A[:b], tmp[0][:b], prev[0][:b]
-        xp.matmul(h_prev, f.WhhT, out=hh)                          # (b, 3H): W_h* h
+        hh, h_prev = tmp[0][:, :b], S[0][:, p, :b]
+        xp.matmul(f.Wh, h_prev, out=hh)                            # (3H, b): W_h* h
         if self.fused_kernels:
-            _fused.gru_forward(A, tmp[0], f.b_hn, prev[0], cache[0], nxt[0], b)
+            _fused.gru_forward(A, tmp[0], t, S[0], p, f.b_hn, cache[0], b)
             return
-        rz = a[:, : 2 * H]
-        rz += hh[:, : 2 * H]
+        a = A[:, t, :b]
+        rz = a[: 2 * H]
+        rz += hh[: 2 * H]
         xp.tanh(rz, out=rz)
         rz *= 0.5
         rz += 0.5                                                  # r, z
-        r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
-        hn = cache[0][:b]
-        xp.add(hh[:, 2 * H:], f.b_hn, out=hn)                      # hn = W_hn h + b_hn
-        t = tmp[1][:b]
-        xp.multiply(r, hn, out=t)
-        n += t
+        r, z, n = a[:H], a[H:2 * H], a[2 * H:]
+        hn = cache[0][:, t, :b]
+        xp.add(hh[2 * H:], f.b_hn[:, None], out=hn)               # hn = W_hn h + b_hn
+        tt = tmp[1][:, :b]
+        xp.multiply(r, hn, out=tt)
+        n += tt
         xp.tanh(n, out=n)                                          # n = tanh(W_in x + b_in + r hn)
-        h = nxt[0][:b]
+        h = S[0][:, t + 1, :b]
         xp.subtract(h_prev, n, out=h)
         h *= z
         h += n                                                     # h' = n + z (h - n)
 
-    def step_backward(self, f, A, prev, cache, d, dXP, dHH, tmp, b):
+    def step_backward(self, f, A, t, S, p, cache, d, dXP, dHH, tmp, b):
         xp, H = self.xp, self.hidden_size
-        a, hn, h_prev = A[:b], cache[0][:b], prev[0][:b]
-        r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
-        dh, dx_, dh_ = d[0][:b], dXP[:b], dHH[:b]
-        t = tmp[1][:b]
+        dh, dx_, dh_, tt = d[0][:, :b], dXP[:, t, :b], dHH[:, t, :b], tmp[1][:, :b]
         if self.fused_kernels:
-            _fused.gru_backward(A, cache[0], prev[0], d[0], dXP, dHH, b)
-            xp.matmul(dh_, f.Whh, out=t)
-            dh += t
+            _fused.gru_backward(A, t, S[0], p, cache[0], d[0], dXP, dHH, b)
+            xp.matmul(f.WhT, dh_, out=tt)
+            dh += tt
             return
+        a, hn, h_prev = A[:, t, :b], cache[0][:, t, :b], S[0][:, p, :b]
+        r, z, n = a[:H], a[H:2 * H], a[2 * H:]
         # dz_n = dh' (1 - z) (1 - n^2)
-        dzn = dx_[:, 2 * H:]
-        xp.multiply(dh, z, out=t)
-        xp.subtract(dh, t, out=dzn)
-        xp.multiply(n, n, out=t)
-        xp.subtract(1, t, out=t)
-        dzn *= t
+        dzn = dx_[2 * H:]
+        xp.multiply(dh, z, out=tt)
+        xp.subtract(dh, tt, out=dzn)
+        xp.multiply(n, n, out=tt)
+        xp.subtract(1, tt, out=tt)
+        dzn *= tt
         # dz_z = dh' (h - n) z (1 - z)
-        dzz = dx_[:, H:2 * H]
+        dzz = dx_[H:2 * H]
         xp.subtract(h_prev, n, out=dzz)
         dzz *= dh
-        xp.multiply(z, z, out=t)
-        xp.subtract(z, t, out=t)
-        dzz *= t
+        xp.multiply(z, z, out=tt)
+        xp.subtract(z, tt, out=tt)
+        dzz *= tt
         # dz_r = dz_n hn r (1 - r)
-        dzr = dx_[:, :H]
+        dzr = dx_[:H]
         xp.multiply(dzn, hn, out=dzr)
-        xp.multiply(r, r, out=t)
-        xp.subtract(r, t, out=t)
-        dzr *= t
+        xp.multiply(r, r, out=tt)
+        xp.subtract(r, tt, out=tt)
+        dzr *= tt
         # the recurrent side differs only in the candidate: dz_n * r
-        dh_[:, : 2 * H] = dx_[:, : 2 * H]
-        xp.multiply(dzn, r, out=dh_[:, 2 * H:])
-        # to the previous step: dh = dh' z + d(W_h* h) W_hh
+        dh_[: 2 * H] = dx_[: 2 * H]
+        xp.multiply(dzn, r, out=dh_[2 * H:])
+        # to the previous step: dh = dh' z + W_hh^T d(W_h* h)
         dh *= z
-        xp.matmul(dh_, f.Whh, out=t)
-        dh += t
+        xp.matmul(f.WhT, dh_, out=tt)
+        dh += tt

@@ -1,12 +1,12 @@
 """Fused elementwise kernels for the cells, compiled with numba (an optional extra).
 
 The NumPy kernels in ``cells.py`` make a dozen passes over each step's gate arrays, one ufunc at a
-time; these make one. They compute the same equations (see the cells' docstrings), write the same
+time; these make one, over the feature-major buffers described there. They compute the same equations (see the cells' docstrings), write the same
 buffers, and are tested equal to the NumPy kernels and to PyTorch. Matrix products stay with
 NumPy's BLAS.
 
 How they are made to vectorise: ``error_model='numpy'`` drops the per-division zero check, every
-inner loop runs over contiguous rows, and in float32 ``tanh`` is a rational approximation (the
+inner loop runs over the batch, which is contiguous, and in float32 ``tanh`` is a rational approximation (the
 one Eigen uses: ``x P(x^2) / Q(x^2)`` on ``|x| <= 7.9053``, relative error below 4e-7, far inside
 rnnkit's 1e-5 float32 tolerance) that the compiler turns into SIMD code, where a call to the C
 library's ``tanhf`` would not be. float64 keeps the exact ``math.tanh``. ``nogil=True`` lets
@@ -65,111 +65,107 @@ if numba is not None:
 
     _jit = numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
 
+    # Every kernel takes whole feature-major buffers (A (G, T, N), S (H, T + 2, N), caches
+    # (H, T, N)) and the step's indices, so that numba sees C-contiguous arrays and the inner
+    # loop over the batch is a unit-stride loop it can vectorise. ``R (G, N)`` is the step's
+    # recurrent product W_hh h, computed by BLAS just before.
+
     # -- LSTM (fused gate order i, f, o, g; i, f, o pre-scaled by 1/2) ----------------------------
     @_jit
-    def lstm_forward(A, R, c_prev, c, tc, h, b):
-        """``A[:b] <- acts(A + R)``; ``c = f c_prev + i g``; ``tc = tanh(c)``; ``h = o tc``."""
-        H = c.shape[1]
+    def lstm_forward(A, R, t, Sh, Sc, p, tc, b):
+        """``A[:, t] <- acts(A[:, t] + R)``; ``c = f c_prev + i g``; ``tc = tanh(c)``; ``h = o tc``."""
+        H = Sh.shape[0]
         half = A.dtype.type(0.5)
-        for r in range(b):
-            a, rr = A[r], R[r]
-            for j in range(3 * H):
-                a[j] = half * ftanh(a[j] + rr[j]) + half
-            for j in range(3 * H, 4 * H):
-                a[j] = ftanh(a[j] + rr[j])
-            cp, cn, t, hn = c_prev[r], c[r], tc[r], h[r]
-            for j in range(H):
-                cj = a[H + j] * cp[j] + a[j] * a[3 * H + j]
-                cn[j] = cj
-                tj = ftanh(cj)
-                t[j] = tj
-                hn[j] = a[2 * H + j] * tj
+        for j in range(3 * H):
+            for n in range(b):
+                A[j, t, n] = half * ftanh(A[j, t, n] + R[j, n]) + half
+        for j in range(3 * H, 4 * H):
+            for n in range(b):
+                A[j, t, n] = ftanh(A[j, t, n] + R[j, n])
+        for j in range(H):
+            for n in range(b):
+                c = A[H + j, t, n] * Sc[j, p, n] + A[j, t, n] * A[3 * H + j, t, n]
+                Sc[j, t + 1, n] = c
+                tcj = ftanh(c)
+                tc[j, t, n] = tcj
+                Sh[j, t + 1, n] = A[2 * H + j, t, n] * tcj
 
     @_jit
-    def lstm_backward(A, tc, c_prev, dh, dc, dZ, b):
-        """Gate gradients ``dZ[:b]`` (before the nonlinearities); ``dc <- dc' * f``."""
-        H = dh.shape[1]
+    def lstm_backward(A, t, Sc, p, tc, dh, dc, dZ, b):
+        """Gate gradients ``dZ[:, t]`` (before the nonlinearities); ``dc <- dc' * f``."""
+        H = dh.shape[0]
         one = A.dtype.type(1.0)
-        for r in range(b):
-            a, t, cp, dhr, dcr, dz = A[r], tc[r], c_prev[r], dh[r], dc[r], dZ[r]
-            for j in range(H):
-                i, f, o, g = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
-                tj, dhj = t[j], dhr[j]
-                dcj = dcr[j] + dhj * o * (one - tj * tj)
-                dz[j] = dcj * g * i * (one - i)
-                dz[H + j] = dcj * cp[j] * f * (one - f)
-                dz[2 * H + j] = dhj * tj * o * (one - o)
-                dz[3 * H + j] = dcj * i * (one - g * g)
-                dcr[j] = dcj * f
+        for j in range(H):
+            for n in range(b):
+                i, f, o, g = A[j, t, n], A[H + j, t, n], A[2 * H + j, t, n], A[3 * H + j, t, n]
+                tcj, dhj = tc[j, t, n], dh[j, n]
+                dcj = dc[j, n] + dhj * o * (one - tcj * tcj)
+                dZ[j, t, n] = dcj * g * i * (one - i)
+                dZ[H + j, t, n] = dcj * Sc[j, p, n] * f * (one - f)
+                dZ[2 * H + j, t, n] = dhj * tcj * o * (one - o)
+                dZ[3 * H + j, t, n] = dcj * i * (one - g * g)
+                dc[j, n] = dcj * f
 
     # -- GRU (gate order r, z, n; r, z pre-scaled by 1/2) ------------------------------------------
     @_jit
-    def gru_forward(A, R, b_hn, h_prev, hn, h, b):
+    def gru_forward(A, R, t, Sh, p, b_hn, hn, b):
         """``r, z = sigmoid(A + R)``; ``hn = R_n + b_hn``; ``n = tanh(A_n + r hn)``;
         ``h = n + z (h_prev - n)``; activations back into ``A``."""
-        H = h.shape[1]
+        H = Sh.shape[0]
         half = A.dtype.type(0.5)
-        for r in range(b):
-            a, rr, hp, hnr, hr = A[r], R[r], h_prev[r], hn[r], h[r]
-            for j in range(2 * H):
-                a[j] = half * ftanh(a[j] + rr[j]) + half
-            for j in range(H):
-                hnj = rr[2 * H + j] + b_hn[j]
-                hnr[j] = hnj
-                n = ftanh(a[2 * H + j] + a[j] * hnj)
-                a[2 * H + j] = n
-                hr[j] = n + a[H + j] * (hp[j] - n)
+        for j in range(2 * H):
+            for k in range(b):
+                A[j, t, k] = half * ftanh(A[j, t, k] + R[j, k]) + half
+        for j in range(H):
+            for k in range(b):
+                hnj = R[2 * H + j, k] + b_hn[j]
+                hn[j, t, k] = hnj
+                n = ftanh(A[2 * H + j, t, k] + A[j, t, k] * hnj)
+                A[2 * H + j, t, k] = n
+                Sh[j, t + 1, k] = n + A[H + j, t, k] * (Sh[j, p, k] - n)
 
     @_jit
-    def gru_backward(A, hn, h_prev, dh, dXP, dHH, b):
-        """Input-side ``dXP[:b]`` and recurrent-side ``dHH[:b]`` gradients; ``dh <- dh' z``."""
-        H = dh.shape[1]
+    def gru_backward(A, t, Sh, p, hn, dh, dXP, dHH, b):
+        """Input-side ``dXP[:, t]`` and recurrent-side ``dHH[:, t]`` gradients; ``dh <- dh' z``."""
+        H = dh.shape[0]
         one = A.dtype.type(1.0)
-        for r in range(b):
-            a, hnr, hp, dhr, dx, dr = A[r], hn[r], h_prev[r], dh[r], dXP[r], dHH[r]
-            for j in range(H):
-                rg, z, n = a[j], a[H + j], a[2 * H + j]
-                d = dhr[j]
+        for j in range(H):
+            for k in range(b):
+                r, z, n = A[j, t, k], A[H + j, t, k], A[2 * H + j, t, k]
+                d = dh[j, k]
                 dzn = d * (one - z) * (one - n * n)
-                dzz = d * (hp[j] - n) * z * (one - z)
-                dzr = dzn * hnr[j] * rg * (one - rg)
-                dx[j] = dzr
-                dx[H + j] = dzz
-                dx[2 * H + j] = dzn
-                dr[j] = dzr
-                dr[H + j] = dzz
-                dr[2 * H + j] = dzn * rg
-                dhr[j] = d * z
+                dzz = d * (Sh[j, p, k] - n) * z * (one - z)
+                dzr = dzn * hn[j, t, k] * r * (one - r)
+                dXP[j, t, k] = dzr
+                dXP[H + j, t, k] = dzz
+                dXP[2 * H + j, t, k] = dzn
+                dHH[j, t, k] = dzr
+                dHH[H + j, t, k] = dzz
+                dHH[2 * H + j, t, k] = dzn * r
+                dh[j, k] = d * z
 
     # -- Elman RNN ------------------------------------------------------------------------------
     @_jit
-    def rnn_forward(A, R, h, b, relu):
-        """``h = tanh(A + R)`` (or relu), also written back into ``A``."""
-        H = h.shape[1]
+    def rnn_forward(A, R, t, Sh, b, relu):
+        """``h = tanh(A + R)`` (or relu) into ``Sh[:, t + 1]``, kept in ``A`` too."""
+        H = Sh.shape[0]
         zero = A.dtype.type(0.0)
-        for r in range(b):
-            a, rr, hr = A[r], R[r], h[r]
-            if relu:
-                for j in range(H):
-                    v = max(a[j] + rr[j], zero)
-                    a[j] = v
-                    hr[j] = v
-            else:
-                for j in range(H):
-                    v = ftanh(a[j] + rr[j])
-                    a[j] = v
-                    hr[j] = v
+        for j in range(H):
+            for n in range(b):
+                v = A[j, t, n] + R[j, n]
+                v = max(v, zero) if relu else ftanh(v)
+                A[j, t, n] = v
+                Sh[j, t + 1, n] = v
 
     @_jit
-    def rnn_backward(A, dh, dZ, b, relu):
-        """``dZ[:b] = dh (1 - h^2)`` (relu: ``dh [h > 0]``)."""
-        H = dh.shape[1]
+    def rnn_backward(A, t, dh, dZ, b, relu):
+        """``dZ[:, t] = dh (1 - h^2)`` (relu: ``dh [h > 0]``)."""
+        H = dh.shape[0]
         one, zero = A.dtype.type(1.0), A.dtype.type(0.0)
-        for r in range(b):
-            a, d, dz = A[r], dh[r], dZ[r]
-            if relu:
-                for j in range(H):
-                    dz[j] = d[j] if a[j] > zero else zero
-            else:
-                for j in range(H):
-                    dz[j] = d[j] * (one - a[j] * a[j])
+        for j in range(H):
+            for n in range(b):
+                h = A[j, t, n]
+                if relu:
+                    dZ[j, t, n] = dh[j, n] if h > zero else zero
+                else:
+                    dZ[j, t, n] = dh[j, n] * (one - h * h)

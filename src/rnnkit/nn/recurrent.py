@@ -11,8 +11,8 @@ whatever ``batch_first`` is, as in torch.
     out, (h_n, c_n) = lstm(x, (h0, c0))             dx, (dh0, dc0) = lstm.backward(dout, (dh_n, dc_n))
 
 How the loop is made fast, every part tested equal to stepping the cell by hand:
-- the input projection ``X W_ih^T + b`` of the whole sequence is one matrix product per layer;
-- the per-step kernels only do ``h W_hh^T`` and the elementwise work, into reused buffers;
+- the input projection ``W_ih X + b`` of the whole sequence is one matrix product per layer;
+- the per-step kernels only do ``W_hh h`` and the elementwise work, into reused buffers;
 - the weight gradients of all steps are one matrix product each (``cells._Cell.weight_grads``).
 
 Variable lengths (``lengths``, what PyTorch's PackedSequence does): the batch is sorted longest
@@ -21,11 +21,11 @@ state untouched. Outputs past a sequence's end are zero, ``h_n`` is each sequenc
 state, the reverse direction starts at each sequence's own last step, and padding gets no
 gradient.
 
-Internally everything is time-major ``(T, N, ...)`` so that one step's rows are contiguous. The
-states of a direction live in one buffer ``S`` of ``T + 2`` slots where ``S[t + 1]`` is the state
+Internally everything is feature-major ``(features, T, N)`` (see ``cells.py`` for why). The
+states of a direction live in one buffer ``S (H, T + 2, N)`` where ``S[:, t + 1]`` is the state
 after time ``t``; the initial state sits in slot ``0`` (forward) or ``T + 1`` (reverse), so the
-previous state of time ``t`` is ``S[t]`` or ``S[t + 2]`` and the stacked previous states of all steps,
-which the weight gradient needs, are one contiguous slice.
+previous state of time ``t`` is ``S[:, t]`` or ``S[:, t + 2]``, and the previous states of all steps,
+which the weight gradient needs, are one ``(H, T * N)`` view.
 """
 from __future__ import annotations
 
@@ -121,9 +121,10 @@ class _Recurrent(Module):
                 raise ValueError(f"{type(self).__name__}: stateful layer carries a batch of "
                                  f"{self._state[0].shape[1]} but got {N}; call reset_state()")
             states0 = list(self._state)
-        x_tm = x.transpose(1, 0, 2) if self.batch_first else x                   # (T, N, D_in)
+        # feature-major: (D_in, T, N), the layout of the kernels (see cells.py)
+        X = x.transpose(2, 1, 0) if self.batch_first else x.transpose(2, 0, 1)
 
-        # variable lengths: sort longest first so the active rows at each step are a prefix
+        # variable lengths: sort longest first so the active columns at each step are a prefix
         perm = None
         if lengths is None:
             sizes = [N] * T
@@ -131,14 +132,14 @@ class _Recurrent(Module):
             order = np.argsort(-lengths, kind="stable")
             if np.any(order != np.arange(N)):
                 perm = order
-                x_tm = x_tm[:, perm]
+                X = X[:, :, perm]
                 states0 = [None if s is None else s[:, perm] for s in states0]
             sorted_len = lengths[order]
             sizes = [int(np.sum(sorted_len > t)) for t in range(T)]
-        layer_in = xp.ascontiguousarray(x_tm)
+        layer_in = xp.ascontiguousarray(X)
         caches, finals = [], [[] for _ in states0]
         for k, row in enumerate(self.cells):
-            out = self._buf(f"out{k}", (T, N, D * H)) if D == 2 else None
+            out = self._buf(f"out{k}", (D * H, T, N)) if D == 2 else None
             dir_caches = []
             for d, cell in enumerate(row):
                 idx = k * D + d
@@ -147,11 +148,11 @@ class _Recurrent(Module):
                 dir_caches.append(c)
                 S = c["S"]
                 if out is not None:
-                    out[:, :, d * H:(d + 1) * H] = S[0][1:T + 1]
+                    out[d * H:(d + 1) * H] = S[0][:, 1:T + 1]
                 else:
-                    out = S[0][1:T + 1]                                           # (T, N, H) view
+                    out = S[0][:, 1:T + 1]                                        # (H, T, N) view
                 for j, Sj in enumerate(S):
-                    finals[j].append(Sj[1] if d == 1 else Sj[T])
+                    finals[j].append(Sj[:, 1] if d == 1 else Sj[:, T])            # (H, N)
             mask = None
             if self.training and self.dropout > 0 and k < self.num_layers - 1:
                 mask = dropout_mask(self.rng, out.shape, self.dropout, self.dtype, xp)
@@ -159,8 +160,9 @@ class _Recurrent(Module):
             caches.append({"x": layer_in, "dirs": dir_caches, "mask": mask})
             layer_in = out
 
-        y = xp.ascontiguousarray(layer_in.transpose(1, 0, 2)) if self.batch_first else layer_in.copy()
-        h_n = [xp.stack(f) for f in finals]                                      # (L*D, N, H)
+        y = layer_in.transpose(2, 1, 0) if self.batch_first else layer_in.transpose(1, 2, 0)
+        y = xp.ascontiguousarray(y)                                              # (N, T, D*H)
+        h_n = [xp.stack([s.T for s in f]) for f in finals]                       # (L*D, N, H)
         if perm is not None:
             inv = np.argsort(perm)
             y = y[inv] if self.batch_first else y[:, inv]
@@ -174,30 +176,27 @@ class _Recurrent(Module):
         return y, h_n
 
     def _run_direction(self, cell, x, init, sizes, reverse, key):
-        """Loop ``cell`` over time in one direction; returns what backward needs."""
+        """Loop ``cell`` over time in one direction over ``x (D_in, T, N)``; returns what
+        backward needs."""
         xp, H = self.xp, self.hidden_size
-        T, N, _ = x.shape
+        _, T, N = x.shape
         f = cell.fused()
-        G = f.WihT.shape[1]
-        A = self._buf(key + "A", (T, N, G))                                       # pre-acts -> acts
-        xp.matmul(x.reshape(T * N, -1), f.WihT, out=A.reshape(T * N, G))        # X W_ih^T, one GEMM
-        A += f.b
-        S = [self._buf(f"{key}S{j}", (T + 2, N, H)) for j in range(cell.num_states)]
+        G = f.Wx.shape[0]
+        A = self._buf(key + "A", (G, T, N))                                       # pre-acts -> acts
+        xp.matmul(f.Wx, x.reshape(-1, T * N), out=A.reshape(G, T * N))          # W_ih X, one GEMM
+        A += f.b[:, None, None]
+        S = [self._buf(f"{key}S{j}", (H, T + 2, N)) for j in range(cell.num_states)]
         first = T + 1 if reverse else 0
         for Sj, s0 in zip(S, init):
-            if s0 is None:
-                Sj[first] = 0
-            else:
-                Sj[first] = s0
-        cache = [self._buf(f"{key}C{j}", (T, N, H)) for j in range(cell.cache_slots)]
+            Sj[:, first] = 0 if s0 is None else s0.T
+        cache = [self._buf(f"{key}C{j}", (H, T, N)) for j in range(cell.cache_slots)]
         tmp = cell.new_tmp(N)
         for t in (range(T - 1, -1, -1) if reverse else range(T)):
             b, p = sizes[t], (t + 2 if reverse else t)
-            prev, nxt = [Sj[p] for Sj in S], [Sj[t + 1] for Sj in S]
-            cell.step_forward(f, A[t], prev, nxt, [c[t] for c in cache], tmp, b)
+            cell.step_forward(f, A, t, S, p, cache, tmp, b)
             if b < N:                                                             # ended: carry
-                for Sp, Sn in zip(prev, nxt):
-                    Sn[b:] = Sp[b:]
+                for Sj in S:
+                    Sj[:, t + 1, b:] = Sj[:, p, b:]
         return {"cell": cell, "f": f, "A": A, "S": S, "cache": cache, "reverse": reverse, "key": key}
 
     # -- backward -----------------------------------------------------------------------------
@@ -208,13 +207,15 @@ class _Recurrent(Module):
         c = self._cache
         N, T, perm, sizes = c["N"], c["T"], c["perm"], c["sizes"]
         want = (N, T, D * H) if self.batch_first else (T, N, D * H)
+        dlayer = None
         if dy is not None:
             if tuple(dy.shape) != want:
                 raise ValueError(f"{type(self).__name__}.backward: expected dout of shape {want}, "
                                  f"got {tuple(dy.shape)}")
-            dy_tm = dy.transpose(1, 0, 2) if self.batch_first else dy                # (T, N, D*H)
+            dlayer = dy.transpose(2, 1, 0) if self.batch_first else dy.transpose(2, 0, 1)
             if perm is not None:
-                dy_tm = dy_tm[:, perm]
+                dlayer = dlayer[:, :, perm]
+            dlayer = xp.ascontiguousarray(dlayer, dtype=self.dtype)              # (D*H, T, N)
         LD = self.num_layers * D
         dstate_n = list(dstate_n)
         for j, ds in enumerate(dstate_n):
@@ -224,7 +225,6 @@ class _Recurrent(Module):
                                      f"shape ({LD}, {N}, {H}), got {tuple(ds.shape)}")
                 dstate_n[j] = ds[:, perm] if perm is not None else ds
         dstate0 = [xp.empty((LD, N, H), dtype=self.dtype) for _ in dstate_n]
-        dlayer = dy_tm if dy is not None else None
         for k in range(self.num_layers - 1, -1, -1):
             lc = c["caches"][k]
             if dlayer is not None and lc["mask"] is not None:
@@ -232,14 +232,14 @@ class _Recurrent(Module):
             dx = None
             for d, dc in enumerate(lc["dirs"]):
                 idx = k * D + d
-                dout = None if dlayer is None else dlayer[:, :, d * H:(d + 1) * H]
+                dout = None if dlayer is None else dlayer[d * H:(d + 1) * H]
                 init = [None if ds is None else ds[idx] for ds in dstate_n]
                 dxd, d0 = self._back_direction(dc, lc["x"], dout, init, sizes)
                 dx = dxd if dx is None else dx + dxd
                 for j in range(len(dstate0)):
-                    dstate0[j][idx] = d0[j]
+                    dstate0[j][idx] = d0[j].T
             dlayer = dx
-        dx = dlayer.transpose(1, 0, 2) if self.batch_first else dlayer
+        dx = dlayer.transpose(2, 1, 0) if self.batch_first else dlayer.transpose(1, 2, 0)
         if perm is not None:
             inv = np.argsort(perm)
             dx = dx[inv] if self.batch_first else dx[:, inv]
@@ -247,31 +247,32 @@ class _Recurrent(Module):
         return xp.ascontiguousarray(dx), dstate0
 
     def _back_direction(self, rc, x, dout, init, sizes):
-        """Backpropagate one direction through time; writes its cell's parameter gradients."""
+        """Backpropagate one direction through time; writes its cell's parameter gradients.
+        ``x (D_in, T, N)`` the direction's input, ``dout (H, T, N)`` the gradient of its output."""
         xp, H = self.xp, self.hidden_size
         cell, f, A, S, cache, reverse, key = (rc[k] for k in ("cell", "f", "A", "S", "cache",
                                                                "reverse", "key"))
-        T, N, G = A.shape
-        d = [xp.zeros((N, H), dtype=self.dtype) if s is None else xp.array(s, dtype=self.dtype)
-             for s in init]
-        dXP = self._buf(key + "dXP", (T, N, G))
-        dHH = self._buf(key + "dHH", (T, N, G)) if cell.gates == 3 else dXP
+        G, T, N = A.shape
+        d = [xp.zeros((H, N), dtype=self.dtype) if s is None else xp.array(s.T, dtype=self.dtype,
+                                                                           order="C")
+             for s in init]                                                       # (H, N) each
+        dXP = self._buf(key + "dXP", (G, T, N))
+        dHH = self._buf(key + "dHH", (G, T, N)) if cell.gates == 3 else dXP
         tmp = cell.new_tmp(N)
         for t in (range(T) if reverse else range(T - 1, -1, -1)):
             b, p = sizes[t], (t + 2 if reverse else t)
             if dout is not None:
-                d[0][:b] += dout[t, :b]
-            cell.step_backward(f, A[t], [Sj[p] for Sj in S], [cc[t] for cc in cache], d,
-                               dXP[t], dHH[t], tmp, b)
+                d[0][:, :b] += dout[:, t, :b]
+            cell.step_backward(f, A, t, S, p, cache, d, dXP, dHH, tmp, b)
             if b < N:                                                             # padding
-                dXP[t, b:] = 0
+                dXP[:, t, b:] = 0
                 if dHH is not dXP:
-                    dHH[t, b:] = 0
+                    dHH[:, t, b:] = 0
         M = T * N
-        Hprev = S[0][2:T + 2] if reverse else S[0][0:T]
-        cell.weight_grads(x.reshape(M, -1), Hprev.reshape(M, H), dXP.reshape(M, G),
-                          dHH.reshape(M, G))
-        dx = (dXP.reshape(M, G) @ f.Wih).reshape(T, N, -1)                       # dX = dXP W_ih
+        Hprev = S[0][:, 2:T + 2] if reverse else S[0][:, 0:T]                    # (H, T, N)
+        cell.weight_grads(x.reshape(-1, M), Hprev.reshape(H, M), dXP.reshape(G, M),
+                          dHH.reshape(G, M))
+        dx = (f.WxT @ dXP.reshape(G, M)).reshape(-1, T, N)                       # dX = W_ih^T dXP
         return dx, d
 
 
