@@ -39,9 +39,14 @@ def test_stopped_and_resumed_run_equals_an_unbroken_one(corpus, tmp_path):
               "--epochs", "3", "--schedule", "exp", "--lr-gamma", "0.5", "--lr-hold", "1"]
     assert train(*common, "--out", tmp_path / "a") == 0
     assert train(*common, "--out", tmp_path / "b", "--max-steps", "12") == 0
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:      # a crash after step 12 logged 13
+        f.write(json.dumps({"step": 13, "loss": 99.0}) + "\n" + '{"step": 14, "lo')
     assert train("--resume", tmp_path / "b", "--max-steps", "27") == 0
     assert train("--resume", tmp_path / "b", "--max-steps", "0") == 0     # lift the limit
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert len(steps) == len(set(steps))                        # nothing logged twice
     assert len(a) > 27 and sorted(a) == sorted(b)
     assert all(a[s] == b[s] for s in a), [(s, a[s], b[s]) for s in a if a[s] != b[s]][:3]
     wa = np.load(tmp_path / "a" / "last.npz")

@@ -1,10 +1,9 @@
 """Optimisers, gradient clipping and learning-rate schedules, with PyTorch's update rules.
 
-An optimiser holds a model's ``params`` and ``grads`` lists (the arrays themselves, NumPy or CuPy)
-and updates the parameters in place; backward writes the gradients in place, so the references
-stay valid. Each update works in one scratch array per parameter (two with L2 weight decay), so
-a step allocates nothing. ``state_dict()`` gives JSON values and NumPy arrays; loading it into a
-fresh optimiser over the same parameters continues the run bit for bit.
+An optimiser holds a model's ``params`` and ``grads`` (the arrays themselves, NumPy or CuPy) and
+updates the parameters in place, through one scratch array per parameter (two with L2 weight
+decay): a step allocates nothing. ``state_dict()`` holds JSON values and NumPy arrays; loaded into
+a fresh optimiser over the same parameters, it continues the run bit for bit.
 
     opt = Adam(model.params, model.grads, lr=2e-3)
     model.backward(); clip_grad_norm(model.grads, 5.0); opt.step()
@@ -111,16 +110,15 @@ class Optimizer:
             raise ValueError(f"{name} state holds {len(states)} parameters, this optimizer "
                              f"{len(self.params)}")
         for i, (s, p) in enumerate(zip(states, self.params)):
-            bad = [f"{k} {tuple(np.shape(v))}" for k, v in s.items()
-                   if k not in self.state_names or tuple(np.shape(v)) != tuple(p.shape)]
-            if bad:
-                raise ValueError(f"{name} state of param {i} {tuple(p.shape)} does not fit it: "
-                                 + ", ".join(bad))
+            for k, v in s.items():
+                if k not in self.state_names or tuple(np.shape(v)) != tuple(p.shape):
+                    raise ValueError(f"{name} state of param {i}: {k} has shape "
+                                     f"{tuple(np.shape(v))}, the param {tuple(p.shape)}")
         for k, v in hyper.items():
             setattr(self, k, tuple(v) if isinstance(v, list) else v)
         self.steps = int(d["steps"])
-        self.state = [{k: array_module(p).empty_like(p) for k in s} for s, p in
-                      zip(states, self.params)]
+        self.state = [{k: array_module(p).empty_like(p) for k in s}
+                      for s, p in zip(states, self.params)]
         for s, mine, p in zip(states, self.state, self.params):
             for k, v in s.items():                     # copy, cast to p's dtype, move to p's device
                 mine[k][...] = asarray(array_module(p), v)

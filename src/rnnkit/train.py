@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint, optim
-from .backend import to_numpy
 from .plot import plot_history
 
 
@@ -127,6 +126,8 @@ class Trainer:
 
     def __init__(self, task, config: TrainConfig, out_dir, *, rng: np.random.Generator,
                  progress=None, log=print):
+        """``progress``: a tqdm-like factory ``(total=, initial=) -> bar``, or None for log lines
+        only; ``log``: where evaluation lines go without a bar."""
         self.task, self.cfg, self.out = task, config, Path(out_dir)
         self.rng = rng                 # the Generator the model's dropout draws from
         self.log = log
@@ -164,6 +165,25 @@ class Trainer:
         p = tree["progress"]
         self.step, self.epoch, self.elapsed = int(p["step"]), int(p["epoch"]), float(p["elapsed"])
         self.best_val = math.inf if p["best_val"] is None else float(p["best_val"])
+        self._reload_history()
+
+    def _reload_history(self) -> None:
+        """Keep the metrics of the steps the checkpoint covers; drop any logged after it (a run
+        killed between checkpoints logged steps that the resumed run will log again)."""
+        path = self.out / "metrics.jsonl"
+        rows = []
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:       # a line cut short by a crash
+                    continue
+                if isinstance(row, dict) and row.get("step", 0) <= self.step:
+                    rows.append(row)
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        self.history = rows
+        evals = [r["step"] for r in rows if r.get("eval")]
+        self._last_eval_step = self.last_good_step = evals[-1] if evals else None
 
     def save(self, name: str) -> Path:
         path = self.out / f"{name}.npz"
@@ -179,12 +199,22 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict:
         """Train until epochs, ``max_steps`` or ``max_time`` run out, or Ctrl-C. Returns a summary."""
-        cfg, task, model = self.cfg, self.task, self.task.model
+        cfg, batches = self.cfg, self.task.batches
         self.out.mkdir(parents=True, exist_ok=True)
-        batches = task.batches
         total = cfg.epochs * batches.batches_per_epoch
         total = min(total, cfg.max_steps) if cfg.max_steps else total
         bar = self.progress(total=total, initial=min(self.step, total)) if self.progress else None
+        try:
+            stopped_by = self._loop(bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        return {"stopped_by": stopped_by or "epochs", "step": self.step, "epoch": self.epoch,
+                "elapsed": self.elapsed, "best_val_loss": self.best_val}
+
+    def _loop(self, bar):
+        cfg, task, model = self.cfg, self.task, self.task.model
+        batches = task.batches
         meter = _Meter()
         stopped_by = None
         model.train()
@@ -219,10 +249,7 @@ class Trainer:
                         self.schedule.step()
             if self._last_eval_step != self.step:
                 self._evaluate_and_save(bar, scheduled=False)
-        if bar is not None:
-            bar.close()
-        return {"stopped_by": stopped_by or "epochs", "step": self.step, "epoch": self.epoch,
-                "elapsed": self.elapsed, "best_val_loss": self.best_val}
+        return stopped_by
 
     def _train_step(self, x, y) -> float:
         """forward -> loss -> backward -> clip -> update; refuses a NaN or exploding loss."""
@@ -265,7 +292,8 @@ class Trainer:
                              self.cfg.sample_length) if self.cfg.sample_length else None
         model.train()
         task.set_model_state(carried)
-        row = {"step": self.step, "epoch": self._epoch_progress(), "time": round(self.elapsed, 3),
+        row = {"eval": True, "step": self.step, "epoch": self._epoch_progress(),
+               "time": round(self.elapsed, 3),
                "lr": self.opt.lr, **metrics}
         val = metrics.get("val_loss")
         if scheduled and val is not None and isinstance(self.schedule, optim.ReduceLROnPlateau):
@@ -279,7 +307,7 @@ class Trainer:
             self.save("best")
         self.last_good_step = self._last_eval_step = self.step
         shown = " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in row.items() if k not in ("time",))
+                           for k, v in row.items() if k not in ("time", "eval"))
         write = bar.write if bar is not None else self.log
         write(f"[eval] {shown}{'  (best)' if improved else ''}")
         if sample:
@@ -311,14 +339,3 @@ class _Meter:
         self.tokens += tokens
         self.rate = self.tokens / max(now - self.t0, 1e-9)
         return dt
-
-
-def to_host(tree):
-    """Recursively convert device arrays in ``tree`` to NumPy (for saving)."""
-    if isinstance(tree, dict):
-        return {k: to_host(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return [to_host(v) for v in tree]
-    if hasattr(tree, "shape") and hasattr(tree, "dtype"):
-        return np.array(to_numpy(tree))
-    return tree
