@@ -11,20 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnkit.nn import GRU, LSTM, RNN
-from torch_reference import golden_cases, make_inputs, reference
+from torch_reference import build, golden_cases, make_inputs, reference
 
 OUT = Path(__file__).resolve().parent / "fixtures" / "golden_recurrent.npz"
-
-
-def build(case, rng, kernels="auto"):
-    """Our layer for ``case``, initialised from ``rng`` (its weights are what torch loads)."""
-    kind = case["kind"]
-    cls = {"lstm": LSTM, "gru": GRU}.get(kind, RNN)
-    kw = {"nonlinearity": kind[4:]} if kind.startswith("rnn") else {}
-    return cls(case["D"], case["H"], num_layers=case["num_layers"], bias=case["bias"],
-               batch_first=case["batch_first"], bidirectional=case["bidirectional"],
-               rng=rng, dtype=case["dtype"], kernels=kernels, **kw)
 
 
 def main():

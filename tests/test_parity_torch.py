@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from make_golden import build
 from rnnkit.gradcheck import relative_error
 from rnnkit.nn import fused
-from torch_reference import KINDS, make_inputs, reference
+from torch_reference import KINDS, build, make_inputs, reference
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden_recurrent.npz"
 TOL = {"float32": 1e-5, "float64": 1e-10}

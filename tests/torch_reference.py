@@ -10,6 +10,8 @@ import itertools
 
 import numpy as np
 
+from rnnkit.nn import GRU, LSTM, RNN
+
 KINDS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 
 
@@ -28,6 +30,16 @@ def golden_cases():
     for i, c in enumerate(cases):
         c.update(seed=1000 + i, N=3, T=4, D=3, H=2)
     return cases
+
+
+def build(case, rng, kernels="auto"):
+    """Our layer for ``case``, initialised from ``rng`` (its weights are what torch loads)."""
+    kind = case["kind"]
+    cls = {"lstm": LSTM, "gru": GRU}.get(kind, RNN)
+    kw = {"nonlinearity": kind[4:]} if kind.startswith("rnn") else {}
+    return cls(case["D"], case["H"], num_layers=case["num_layers"], bias=case["bias"],
+               batch_first=case["batch_first"], bidirectional=case["bidirectional"],
+               rng=rng, dtype=case["dtype"], kernels=kernels, **kw)
 
 
 def make_inputs(case, rng):
