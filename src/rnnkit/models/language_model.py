@@ -130,8 +130,10 @@ class Stepper:
     """The model one token at a time, ``B`` streams at once, for sampling.
 
     ``step(ids (B,)) -> logits (B, V)``. Weights are fused once at construction, the per-step work
-    reuses its buffers (feature-major, as the cells' kernels want them: a state is ``(H, 2, B)``,
-    slot 0 the previous state and slot 1 the new one), and the model's training state is left alone.
+    reuses its buffers (time-major, as the cells' kernels want them: a state is ``(2, B, H)``,
+    slot 0 the previous state and slot 1 the new one), and the model's training state is left
+    alone. The first layer's input projection of every vocabulary entry, ``E W_ih^T (V, G)``, is
+    computed once, so that a step starts with a row lookup instead of a matrix product.
     """
 
     def __init__(self, model: LanguageModel, batch_size: int = 1):
@@ -139,28 +141,31 @@ class Stepper:
         xp, dt, H = model.xp, model.dtype, model.config.hidden_size
         self.cells = [row[0] for row in model.rnn.cells]
         self.fused = [c.fused() for c in self.cells]
-        self.S = [[xp.zeros((H, 2, batch_size), dtype=dt) for _ in range(c.num_states)]
+        self._emb_proj = model.embedding.weight @ self.fused[0].WxT     # (V, G)
+        self.S = [[xp.zeros((2, batch_size, H), dtype=dt) for _ in range(c.num_states)]
                   for c in self.cells]
-        self._cache = [[xp.empty((H, 1, batch_size), dtype=dt) for _ in range(c.cache_slots)]
+        self._cache = [[xp.empty((1, batch_size, H), dtype=dt) for _ in range(c.cache_slots)]
                        for c in self.cells]
         self._tmp = [c.new_tmp(batch_size) for c in self.cells]
-        self._A = [xp.empty((f.Wx.shape[0], 1, batch_size), dtype=dt) for f in self.fused]
-        self._WdT = xp.ascontiguousarray(model.decoder.weight.T)   # (H, V)
+        self._A = [xp.empty((1, batch_size, f.WxT.shape[1]), dtype=dt) for f in self.fused]
+        self._WdT = xp.ascontiguousarray(model.decoder.weight.T)         # (H, V)
         self._bd = model.decoder.bias
 
     def step(self, ids):
         """Feed one token per stream; return the next-token logits ``(B, V)``."""
         xp = self.model.xp
-        x = self.model.embedding.weight[ids].T                     # (E, B)
-        for cell, f, A, S, cache, tmp in zip(self.cells, self.fused, self._A, self.S,
-                                             self._cache, self._tmp):
-            xp.matmul(f.Wx, x, out=A[:, 0])
-            A[:, 0] += f.b[:, None]
+        x = None
+        for k, (cell, f, A, S, cache, tmp) in enumerate(zip(self.cells, self.fused, self._A,
+                                                            self.S, self._cache, self._tmp)):
+            if k == 0:
+                xp.take(self._emb_proj, ids, axis=0, out=A[0])         # x W_ih^T by lookup
+            else:
+                xp.matmul(x, f.WxT, out=A[0])
             cell.step_forward(f, A, 0, S, 0, cache, tmp, self.B)
             for Sj in S:
-                Sj[:, 0] = Sj[:, 1]                                # the new state becomes the old
-            x = S[0][:, 1]                                         # (H, B)
-        logits = x.T @ self._WdT                                   # (B, V)
+                Sj[0] = Sj[1]                                      # the new state becomes the old
+            x = S[0][1]                                            # (B, H)
+        logits = x @ self._WdT                                     # (B, V)
         if self._bd is not None:
             logits += self._bd
         return logits

@@ -1,16 +1,16 @@
 """Fused elementwise kernels for the cells, compiled with numba (an optional extra).
 
 The NumPy kernels in ``cells.py`` make a dozen passes over each step's gate arrays, one ufunc at a
-time; these make one, over the feature-major buffers described there. They compute the same equations (see the cells' docstrings), write the same
-buffers, and are tested equal to the NumPy kernels and to PyTorch. Matrix products stay with
-NumPy's BLAS.
+time; these make one, over the time-major buffers described there. They compute the same
+equations (see the cells' docstrings), write the same buffers, and are tested equal to the NumPy
+kernels and to PyTorch. Matrix products stay with NumPy's BLAS.
 
 How they are made to vectorise: ``error_model='numpy'`` drops the per-division zero check, every
-inner loop runs over the batch, which is contiguous, and in float32 ``tanh`` is a rational approximation (the
-one Eigen uses: ``x P(x^2) / Q(x^2)`` on ``|x| <= 7.9053``, relative error below 4e-7, far inside
-rnnkit's 1e-5 float32 tolerance) that the compiler turns into SIMD code, where a call to the C
-library's ``tanhf`` would not be. float64 keeps the exact ``math.tanh``. ``nogil=True`` lets
-threads run kernels side by side.
+inner loop runs over the features of one row, which are contiguous, and in float32 ``tanh`` is a
+rational approximation (the one Eigen uses: ``x P(x^2) / Q(x^2)`` on ``|x| <= 7.9053``, relative
+error below 4e-7, far inside rnnkit's 1e-5 float32 tolerance) that the compiler turns into SIMD
+code, where a call to the C library's ``tanhf`` would not be. float64 keeps the exact
+``math.tanh``. ``nogil=True`` lets threads run kernels side by side.
 
 ``available()`` says whether numba imports; without it rnnkit uses the NumPy kernels.
 """
@@ -65,107 +65,112 @@ if numba is not None:
 
     _jit = numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
 
-    # Every kernel takes whole feature-major buffers (A (G, T, N), S (H, T + 2, N), caches
-    # (H, T, N)) and the step's indices, so that numba sees C-contiguous arrays and the inner
-    # loop over the batch is a unit-stride loop it can vectorise. ``R (G, N)`` is the step's
-    # recurrent product W_hh h, computed by BLAS just before.
+    # Every kernel takes whole time-major buffers (A (T, N, G), S (T + 2, N, H), caches
+    # (T, N, H)) and the step's indices, so that numba sees C-contiguous arrays; it walks the
+    # step's first ``b`` rows and, inside a row, the features, which are contiguous: a unit-stride
+    # loop it vectorises. ``R (N, G)`` is the step's recurrent product h W_hh^T, computed by BLAS
+    # just before; ``bias (G,)`` is added here rather than to all of A at once (one pass fewer).
+    # Backward kernels overwrite the step's activations in A with the gate gradients.
 
     # -- LSTM (fused gate order i, f, o, g; i, f, o pre-scaled by 1/2) ----------------------------
     @_jit
-    def lstm_forward(A, R, t, Sh, Sc, p, tc, b):
-        """``A[:, t] <- acts(A[:, t] + R)``; ``c = f c_prev + i g``; ``tc = tanh(c)``; ``h = o tc``."""
-        H = Sh.shape[0]
+    def lstm_forward(A, R, bias, t, Sh, Sc, p, tc, b):
+        """``A[t] <- acts(A[t] + R + bias)``; ``c = f c_prev + i g``; ``tc = tanh(c)``; ``h = o tc``."""
+        H = Sh.shape[2]
         half = A.dtype.type(0.5)
-        for j in range(3 * H):
-            for n in range(b):
-                A[j, t, n] = half * ftanh(A[j, t, n] + R[j, n]) + half
-        for j in range(3 * H, 4 * H):
-            for n in range(b):
-                A[j, t, n] = ftanh(A[j, t, n] + R[j, n])
-        for j in range(H):
-            for n in range(b):
-                c = A[H + j, t, n] * Sc[j, p, n] + A[j, t, n] * A[3 * H + j, t, n]
-                Sc[j, t + 1, n] = c
+        for n in range(b):
+            a, r, c_prev = A[t, n], R[n], Sc[p, n]
+            c_out, h_out, tc_out = Sc[t + 1, n], Sh[t + 1, n], tc[t, n]
+            for j in range(H):
+                i = half * ftanh(a[j] + r[j] + bias[j]) + half
+                f = half * ftanh(a[H + j] + r[H + j] + bias[H + j]) + half
+                o = half * ftanh(a[2 * H + j] + r[2 * H + j] + bias[2 * H + j]) + half
+                g = ftanh(a[3 * H + j] + r[3 * H + j] + bias[3 * H + j])
+                a[j], a[H + j], a[2 * H + j], a[3 * H + j] = i, f, o, g
+                c = f * c_prev[j] + i * g
+                c_out[j] = c
                 tcj = ftanh(c)
-                tc[j, t, n] = tcj
-                Sh[j, t + 1, n] = A[2 * H + j, t, n] * tcj
+                tc_out[j] = tcj
+                h_out[j] = o * tcj
 
     @_jit
-    def lstm_backward(A, t, Sc, p, tc, dh, dc, dZ, b):
-        """Gate gradients ``dZ[:, t]`` (before the nonlinearities); ``dc <- dc' * f``."""
-        H = dh.shape[0]
+    def lstm_backward(A, t, Sc, p, tc, dh, dc, b):
+        """Gate gradients (before the nonlinearities) replace ``A[t]``; ``dc <- dc' * f``."""
+        H = dh.shape[1]
         one = A.dtype.type(1.0)
-        for j in range(H):
-            for n in range(b):
-                i, f, o, g = A[j, t, n], A[H + j, t, n], A[2 * H + j, t, n], A[3 * H + j, t, n]
-                tcj, dhj = tc[j, t, n], dh[j, n]
-                dcj = dc[j, n] + dhj * o * (one - tcj * tcj)
-                dZ[j, t, n] = dcj * g * i * (one - i)
-                dZ[H + j, t, n] = dcj * Sc[j, p, n] * f * (one - f)
-                dZ[2 * H + j, t, n] = dhj * tcj * o * (one - o)
-                dZ[3 * H + j, t, n] = dcj * i * (one - g * g)
-                dc[j, n] = dcj * f
+        for n in range(b):
+            a, c_prev, tcn, dhn, dcn = A[t, n], Sc[p, n], tc[t, n], dh[n], dc[n]
+            for j in range(H):
+                i, f, o, g = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
+                tcj, dhj = tcn[j], dhn[j]
+                dcj = dcn[j] + dhj * o * (one - tcj * tcj)
+                a[j] = dcj * g * i * (one - i)
+                a[H + j] = dcj * c_prev[j] * f * (one - f)
+                a[2 * H + j] = dhj * tcj * o * (one - o)
+                a[3 * H + j] = dcj * i * (one - g * g)
+                dcn[j] = dcj * f
 
     # -- GRU (gate order r, z, n; r, z pre-scaled by 1/2) ------------------------------------------
     @_jit
-    def gru_forward(A, R, t, Sh, p, b_hn, hn, b):
-        """``r, z = sigmoid(A + R)``; ``hn = R_n + b_hn``; ``n = tanh(A_n + r hn)``;
-        ``h = n + z (h_prev - n)``; activations back into ``A``."""
-        H = Sh.shape[0]
+    def gru_forward(A, R, bias, b_hn, t, Sh, p, hn, b):
+        """``r, z = sigmoid(A + R + bias)``; ``hn = R_n + b_hn``; ``n = tanh(A_n + bias_n + r hn)``;
+        ``h = n + z (h_prev - n)``; activations back into ``A[t]``."""
+        H = Sh.shape[2]
         half = A.dtype.type(0.5)
-        for j in range(2 * H):
-            for k in range(b):
-                A[j, t, k] = half * ftanh(A[j, t, k] + R[j, k]) + half
-        for j in range(H):
-            for k in range(b):
-                hnj = R[2 * H + j, k] + b_hn[j]
-                hn[j, t, k] = hnj
-                n = ftanh(A[2 * H + j, t, k] + A[j, t, k] * hnj)
-                A[2 * H + j, t, k] = n
-                Sh[j, t + 1, k] = n + A[H + j, t, k] * (Sh[j, p, k] - n)
+        for k in range(b):
+            a, rr, h_prev, h_out, hn_out = A[t, k], R[k], Sh[p, k], Sh[t + 1, k], hn[t, k]
+            for j in range(H):
+                r = half * ftanh(a[j] + rr[j] + bias[j]) + half
+                z = half * ftanh(a[H + j] + rr[H + j] + bias[H + j]) + half
+                hnj = rr[2 * H + j] + b_hn[j]
+                hn_out[j] = hnj
+                n = ftanh(a[2 * H + j] + bias[2 * H + j] + r * hnj)
+                a[j], a[H + j], a[2 * H + j] = r, z, n
+                h_out[j] = n + z * (h_prev[j] - n)
 
     @_jit
-    def gru_backward(A, t, Sh, p, hn, dh, dXP, dHH, b):
-        """Input-side ``dXP[:, t]`` and recurrent-side ``dHH[:, t]`` gradients; ``dh <- dh' z``."""
-        H = dh.shape[0]
+    def gru_backward(A, t, Sh, p, hn, dh, dHH, dHn, b):
+        """Input-side gradients replace ``A[t]``; recurrent-side ones go to ``dHH (N, G)``, their
+        candidate part also to ``dHn[t]``; ``dh <- dh' z``."""
+        H = dh.shape[1]
         one = A.dtype.type(1.0)
-        for j in range(H):
-            for k in range(b):
-                r, z, n = A[j, t, k], A[H + j, t, k], A[2 * H + j, t, k]
-                d = dh[j, k]
+        for k in range(b):
+            a, h_prev, hnk, dhk, dhh, dhn = A[t, k], Sh[p, k], hn[t, k], dh[k], dHH[k], dHn[t, k]
+            for j in range(H):
+                r, z, n = a[j], a[H + j], a[2 * H + j]
+                d = dhk[j]
                 dzn = d * (one - z) * (one - n * n)
-                dzz = d * (Sh[j, p, k] - n) * z * (one - z)
-                dzr = dzn * hn[j, t, k] * r * (one - r)
-                dXP[j, t, k] = dzr
-                dXP[H + j, t, k] = dzz
-                dXP[2 * H + j, t, k] = dzn
-                dHH[j, t, k] = dzr
-                dHH[H + j, t, k] = dzz
-                dHH[2 * H + j, t, k] = dzn * r
-                dh[j, k] = d * z
+                dzz = d * (h_prev[j] - n) * z * (one - z)
+                dzr = dzn * hnk[j] * r * (one - r)
+                a[j], a[H + j], a[2 * H + j] = dzr, dzz, dzn
+                dhh[j], dhh[H + j] = dzr, dzz
+                dhh[2 * H + j] = dhn[j] = dzn * r
+                dhk[j] = d * z
 
     # -- Elman RNN ------------------------------------------------------------------------------
     @_jit
-    def rnn_forward(A, R, t, Sh, b, relu):
-        """``h = tanh(A + R)`` (or relu) into ``Sh[:, t + 1]``, kept in ``A`` too."""
-        H = Sh.shape[0]
+    def rnn_forward(A, R, bias, t, Sh, b, relu):
+        """``h = tanh(A[t] + R + bias)`` (or relu) into ``Sh[t + 1]``, kept in ``A[t]`` too."""
+        H = Sh.shape[2]
         zero = A.dtype.type(0.0)
-        for j in range(H):
-            for n in range(b):
-                v = A[j, t, n] + R[j, n]
+        for n in range(b):
+            a, r, h_out = A[t, n], R[n], Sh[t + 1, n]
+            for j in range(H):
+                v = a[j] + r[j] + bias[j]
                 v = max(v, zero) if relu else ftanh(v)
-                A[j, t, n] = v
-                Sh[j, t + 1, n] = v
+                a[j] = v
+                h_out[j] = v
 
     @_jit
-    def rnn_backward(A, t, dh, dZ, b, relu):
-        """``dZ[:, t] = dh (1 - h^2)`` (relu: ``dh [h > 0]``)."""
-        H = dh.shape[0]
+    def rnn_backward(A, t, dh, b, relu):
+        """``A[t] <- dh (1 - h^2)`` (relu: ``dh [h > 0]``), where ``A[t]`` held ``h``."""
+        H = dh.shape[1]
         one, zero = A.dtype.type(1.0), A.dtype.type(0.0)
-        for j in range(H):
-            for n in range(b):
-                h = A[j, t, n]
+        for n in range(b):
+            a, dhn = A[t, n], dh[n]
+            for j in range(H):
+                h = a[j]
                 if relu:
-                    dZ[j, t, n] = dh[j, n] if h > zero else zero
+                    a[j] = dhn[j] if h > zero else zero
                 else:
-                    dZ[j, t, n] = dh[j, n] * (one - h * h)
+                    a[j] = dhn[j] * (one - h * h)

@@ -21,11 +21,11 @@ state untouched. Outputs past a sequence's end are zero, ``h_n`` is each sequenc
 state, the reverse direction starts at each sequence's own last step, and padding gets no
 gradient.
 
-Internally everything is feature-major ``(features, T, N)`` (see ``cells.py`` for why). The
-states of a direction live in one buffer ``S (H, T + 2, N)`` where ``S[:, t + 1]`` is the state
-after time ``t``; the initial state sits in slot ``0`` (forward) or ``T + 1`` (reverse), so the
-previous state of time ``t`` is ``S[:, t]`` or ``S[:, t + 2]``, and the previous states of all steps,
-which the weight gradient needs, are one ``(H, T * N)`` view.
+Internally everything is time-major ``(T, N, features)`` (see ``cells.py`` for why). The states
+of a direction live in one buffer ``S (T + 2, N, H)`` where ``S[t + 1]`` is the state after time
+``t``; the initial state sits in slot ``0`` (forward) or ``T + 1`` (reverse), so the previous state
+of time ``t`` is ``S[t]`` or ``S[t + 2]``, and the previous states of all steps, which the weight
+gradient needs, are one ``(T * N, H)`` view.
 """
 from __future__ import annotations
 
@@ -121,10 +121,9 @@ class _Recurrent(Module):
                 raise ValueError(f"{type(self).__name__}: stateful layer carries a batch of "
                                  f"{self._state[0].shape[1]} but got {N}; call reset_state()")
             states0 = list(self._state)
-        # feature-major: (D_in, T, N), the layout of the kernels (see cells.py)
-        X = x.transpose(2, 1, 0) if self.batch_first else x.transpose(2, 0, 1)
+        X = x.transpose(1, 0, 2) if self.batch_first else x                    # (T, N, D_in)
 
-        # variable lengths: sort longest first so the active columns at each step are a prefix
+        # variable lengths: sort longest first so the active rows at each step are a prefix
         perm = None
         if lengths is None:
             sizes = [N] * T
@@ -132,14 +131,14 @@ class _Recurrent(Module):
             order = np.argsort(-lengths, kind="stable")
             if np.any(order != np.arange(N)):
                 perm = order
-                X = X[:, :, perm]
+                X = X[:, perm]
                 states0 = [None if s is None else s[:, perm] for s in states0]
             sorted_len = lengths[order]
             sizes = [int(np.sum(sorted_len > t)) for t in range(T)]
         layer_in = xp.ascontiguousarray(X)
         caches, finals = [], [[] for _ in states0]
         for k, row in enumerate(self.cells):
-            out = self._buf(f"out{k}", (D * H, T, N)) if D == 2 else None
+            out = self._buf(f"out{k}", (T, N, D * H)) if D == 2 else None
             dir_caches = []
             for d, cell in enumerate(row):
                 idx = k * D + d
@@ -148,11 +147,11 @@ class _Recurrent(Module):
                 dir_caches.append(c)
                 S = c["S"]
                 if out is not None:
-                    out[d * H:(d + 1) * H] = S[0][:, 1:T + 1]
+                    out[:, :, d * H:(d + 1) * H] = S[0][1:T + 1]
                 else:
-                    out = S[0][:, 1:T + 1]                                        # (H, T, N) view
+                    out = S[0][1:T + 1]                                           # (T, N, H) view
                 for j, Sj in enumerate(S):
-                    finals[j].append(Sj[:, 1] if d == 1 else Sj[:, T])            # (H, N)
+                    finals[j].append(Sj[1] if d == 1 else Sj[T])                 # (N, H)
             mask = None
             if self.training and self.dropout > 0 and k < self.num_layers - 1:
                 mask = dropout_mask(self.rng, out.shape, self.dropout, self.dtype, xp)
@@ -160,13 +159,14 @@ class _Recurrent(Module):
             caches.append({"x": layer_in, "dirs": dir_caches, "mask": mask})
             layer_in = out
 
-        y = layer_in.transpose(2, 1, 0) if self.batch_first else layer_in.transpose(1, 2, 0)
-        y = xp.ascontiguousarray(y)                                              # (N, T, D*H)
-        h_n = [xp.stack([s.T for s in f]) for f in finals]                       # (L*D, N, H)
-        if perm is not None:
+        y = layer_in.transpose(1, 0, 2) if self.batch_first else layer_in       # (N, T, D*H)
+        h_n = [xp.stack(f) for f in finals]                                      # (L*D, N, H)
+        if perm is not None:                                                     # caller's order
             inv = np.argsort(perm)
-            y = y[inv] if self.batch_first else y[:, inv]
+            y = y[inv] if self.batch_first else y[:, inv]                        # (a copy)
             h_n = [s[:, inv] for s in h_n]
+        else:
+            y = xp.array(y, order="C")       # a copy: the buffers are reused and backward reads them
         if lengths is not None:
             pad = np.arange(T)[None, :] >= lengths[:, None]                     # (N, T)
             y[pad if self.batch_first else pad.T] = 0
@@ -176,28 +176,28 @@ class _Recurrent(Module):
         return y, h_n
 
     def _run_direction(self, cell, x, init, sizes, reverse, key):
-        """Loop ``cell`` over time in one direction over ``x (D_in, T, N)``; returns what
+        """Loop ``cell`` over time in one direction over ``x (T, N, D_in)``; returns what
         backward needs."""
         xp, H = self.xp, self.hidden_size
-        _, T, N = x.shape
+        T, N, _ = x.shape
         f = cell.fused()
-        G = f.Wx.shape[0]
-        A = self._buf(key + "A", (G, T, N))                                       # pre-acts -> acts
-        xp.matmul(f.Wx, x.reshape(-1, T * N), out=A.reshape(G, T * N))          # W_ih X, one GEMM
-        A += f.b[:, None, None]
-        S = [self._buf(f"{key}S{j}", (H, T + 2, N)) for j in range(cell.num_states)]
+        G = f.WxT.shape[1]
+        A = self._buf(key + "A", (T, N, G))                                       # pre-acts -> acts
+        xp.matmul(x.reshape(T * N, -1), f.WxT, out=A.reshape(T * N, G))         # X W_ih^T, one GEMM
+        S = [self._buf(f"{key}S{j}", (T + 2, N, H)) for j in range(cell.num_states)]
         first = T + 1 if reverse else 0
         for Sj, s0 in zip(S, init):
-            Sj[:, first] = 0 if s0 is None else s0.T
-        cache = [self._buf(f"{key}C{j}", (H, T, N)) for j in range(cell.cache_slots)]
+            Sj[first] = 0 if s0 is None else s0
+        cache = [self._buf(f"{key}C{j}", (T, N, H)) for j in range(cell.cache_slots)]
         tmp = cell.new_tmp(N)
         for t in (range(T - 1, -1, -1) if reverse else range(T)):
             b, p = sizes[t], (t + 2 if reverse else t)
             cell.step_forward(f, A, t, S, p, cache, tmp, b)
             if b < N:                                                             # ended: carry
                 for Sj in S:
-                    Sj[:, t + 1, b:] = Sj[:, p, b:]
-        return {"cell": cell, "f": f, "A": A, "S": S, "cache": cache, "reverse": reverse, "key": key}
+                    Sj[t + 1, b:] = Sj[p, b:]
+        return {"cell": cell, "f": f, "A": A, "S": S, "cache": cache, "reverse": reverse,
+                "key": key, "done": False}
 
     # -- backward -----------------------------------------------------------------------------
     def _backward(self, dy, dstate_n):
@@ -205,6 +205,7 @@ class _Recurrent(Module):
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         xp, H, D = self.xp, self.hidden_size, self.num_directions
         c = self._cache
+        self._cache = None                 # backward consumes the activations (see cells.py)
         N, T, perm, sizes = c["N"], c["T"], c["perm"], c["sizes"]
         want = (N, T, D * H) if self.batch_first else (T, N, D * H)
         dlayer = None
@@ -212,10 +213,10 @@ class _Recurrent(Module):
             if tuple(dy.shape) != want:
                 raise ValueError(f"{type(self).__name__}.backward: expected dout of shape {want}, "
                                  f"got {tuple(dy.shape)}")
-            dlayer = dy.transpose(2, 1, 0) if self.batch_first else dy.transpose(2, 0, 1)
+            dlayer = dy.transpose(1, 0, 2) if self.batch_first else dy
             if perm is not None:
-                dlayer = dlayer[:, :, perm]
-            dlayer = xp.ascontiguousarray(dlayer, dtype=self.dtype)              # (D*H, T, N)
+                dlayer = dlayer[:, perm]
+            dlayer = xp.ascontiguousarray(dlayer, dtype=self.dtype)              # (T, N, D*H)
         LD = self.num_layers * D
         dstate_n = list(dstate_n)
         for j, ds in enumerate(dstate_n):
@@ -232,14 +233,17 @@ class _Recurrent(Module):
             dx = None
             for d, dc in enumerate(lc["dirs"]):
                 idx = k * D + d
-                dout = None if dlayer is None else dlayer[d * H:(d + 1) * H]
+                dout = None if dlayer is None else dlayer[:, :, d * H:(d + 1) * H]
                 init = [None if ds is None else ds[idx] for ds in dstate_n]
                 dxd, d0 = self._back_direction(dc, lc["x"], dout, init, sizes)
-                dx = dxd if dx is None else dx + dxd
+                if dx is None:
+                    dx = dxd
+                else:
+                    dx += dxd
                 for j in range(len(dstate0)):
-                    dstate0[j][idx] = d0[j].T
+                    dstate0[j][idx] = d0[j]
             dlayer = dx
-        dx = dlayer.transpose(2, 1, 0) if self.batch_first else dlayer.transpose(1, 2, 0)
+        dx = dlayer.transpose(1, 0, 2) if self.batch_first else dlayer
         if perm is not None:
             inv = np.argsort(perm)
             dx = dx[inv] if self.batch_first else dx[:, inv]
@@ -248,31 +252,31 @@ class _Recurrent(Module):
 
     def _back_direction(self, rc, x, dout, init, sizes):
         """Backpropagate one direction through time; writes its cell's parameter gradients.
-        ``x (D_in, T, N)`` the direction's input, ``dout (H, T, N)`` the gradient of its output."""
+        ``x (T, N, D_in)`` the direction's input, ``dout (T, N, H)`` the gradient of its output."""
         xp, H = self.xp, self.hidden_size
         cell, f, A, S, cache, reverse, key = (rc[k] for k in ("cell", "f", "A", "S", "cache",
                                                                "reverse", "key"))
-        G, T, N = A.shape
-        d = [xp.zeros((H, N), dtype=self.dtype) if s is None else xp.array(s.T, dtype=self.dtype,
+        T, N, G = A.shape
+        d = [xp.zeros((N, H), dtype=self.dtype) if s is None else xp.array(s, dtype=self.dtype,
                                                                            order="C")
-             for s in init]                                                       # (H, N) each
-        dXP = self._buf(key + "dXP", (G, T, N))
-        dHH = self._buf(key + "dHH", (G, T, N)) if cell.gates == 3 else dXP
+             for s in init]                                                       # (N, H) each
+        gbuf = [self._buf(f"{key}g{j}", (T, N, H)) for j in range(cell.grad_slots)]
         tmp = cell.new_tmp(N)
         for t in (range(T) if reverse else range(T - 1, -1, -1)):
             b, p = sizes[t], (t + 2 if reverse else t)
             if dout is not None:
-                d[0][:, :b] += dout[:, t, :b]
-            cell.step_backward(f, A, t, S, p, cache, d, dXP, dHH, tmp, b)
+                d[0][:b] += dout[t, :b]
+            cell.step_backward(f, A, t, S, p, cache, d, gbuf, tmp, b)
             if b < N:                                                             # padding
-                dXP[:, t, b:] = 0
-                if dHH is not dXP:
-                    dHH[:, t, b:] = 0
+                A[t, b:] = 0
+                for g in gbuf:
+                    g[t, b:] = 0
         M = T * N
-        Hprev = S[0][:, 2:T + 2] if reverse else S[0][:, 0:T]                    # (H, T, N)
-        cell.weight_grads(x.reshape(-1, M), Hprev.reshape(H, M), dXP.reshape(G, M),
-                          dHH.reshape(G, M))
-        dx = (f.WxT @ dXP.reshape(G, M)).reshape(-1, T, N)                       # dX = W_ih^T dXP
+        dZ = A.reshape(M, G)                                                     # A now holds dZ
+        Hprev = S[0][2:T + 2] if reverse else S[0][0:T]                          # (T, N, H)
+        cell.weight_grads(x.reshape(M, -1), Hprev.reshape(M, H), dZ,
+                          gbuf[0].reshape(M, H) if gbuf else None)
+        dx = (dZ @ f.Wx).reshape(T, N, -1)                                       # dX = dZ W_ih
         return dx, d
 
 
