@@ -76,22 +76,22 @@ if numba is not None:
     @_jit
     def lstm_forward(A, R, bias, t, Sh, Sc, p, tc, b):
         """``A[t] <- acts(A[t] + R + bias)``; ``c = f c_prev + i g``; ``tc = tanh(c)``; ``h = o tc``."""
+        # two loops a row, each over few arrays: one loop over all seven does not vectorise
         H = Sh.shape[2]
         half = A.dtype.type(0.5)
         for n in range(b):
-            a, r, c_prev = A[t, n], R[n], Sc[p, n]
-            c_out, h_out, tc_out = Sc[t + 1, n], Sh[t + 1, n], tc[t, n]
+            a, r = A[t, n], R[n]
+            for j in range(3 * H):
+                a[j] = half * ftanh(a[j] + r[j] + bias[j]) + half
+            for j in range(3 * H, 4 * H):
+                a[j] = ftanh(a[j] + r[j] + bias[j])
+            c_prev, c_out, h_out, tc_out = Sc[p, n], Sc[t + 1, n], Sh[t + 1, n], tc[t, n]
             for j in range(H):
-                i = half * ftanh(a[j] + r[j] + bias[j]) + half
-                f = half * ftanh(a[H + j] + r[H + j] + bias[H + j]) + half
-                o = half * ftanh(a[2 * H + j] + r[2 * H + j] + bias[2 * H + j]) + half
-                g = ftanh(a[3 * H + j] + r[3 * H + j] + bias[3 * H + j])
-                a[j], a[H + j], a[2 * H + j], a[3 * H + j] = i, f, o, g
-                c = f * c_prev[j] + i * g
+                c = a[H + j] * c_prev[j] + a[j] * a[3 * H + j]
                 c_out[j] = c
                 tcj = ftanh(c)
                 tc_out[j] = tcj
-                h_out[j] = o * tcj
+                h_out[j] = a[2 * H + j] * tcj
 
     @_jit
     def lstm_backward(A, t, Sc, p, tc, dh, dc, b):
@@ -118,15 +118,17 @@ if numba is not None:
         H = Sh.shape[2]
         half = A.dtype.type(0.5)
         for k in range(b):
-            a, rr, h_prev, h_out, hn_out = A[t, k], R[k], Sh[p, k], Sh[t + 1, k], hn[t, k]
+            a, rr, hn_out = A[t, k], R[k], hn[t, k]
+            for j in range(2 * H):
+                a[j] = half * ftanh(a[j] + rr[j] + bias[j]) + half
             for j in range(H):
-                r = half * ftanh(a[j] + rr[j] + bias[j]) + half
-                z = half * ftanh(a[H + j] + rr[H + j] + bias[H + j]) + half
                 hnj = rr[2 * H + j] + b_hn[j]
                 hn_out[j] = hnj
-                n = ftanh(a[2 * H + j] + bias[2 * H + j] + r * hnj)
-                a[j], a[H + j], a[2 * H + j] = r, z, n
-                h_out[j] = n + z * (h_prev[j] - n)
+                a[2 * H + j] = ftanh(a[2 * H + j] + bias[2 * H + j] + a[j] * hnj)
+            h_prev, h_out = Sh[p, k], Sh[t + 1, k]
+            for j in range(H):
+                n = a[2 * H + j]
+                h_out[j] = n + a[H + j] * (h_prev[j] - n)
 
     @_jit
     def gru_backward(A, t, Sh, p, hn, dh, dHH, dHn, b):
