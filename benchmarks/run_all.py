@@ -59,7 +59,7 @@ def markdown(res: dict) -> str:
               "| run | tokens/s | vs min-char-rnn |", "|---|---:|---:|"]
     for r in res["minchar"]:
         lines.append(f"| {r['name']} | {r['tokens_per_s']:,.0f} | {r['ratio']:.1f}x |")
-    lines += ["", "## Peak memory of a training step (MB above the set-up)", "",
+    lines += ["", "## Peak memory of training (MB above the process before the model is built)", "",
               "| cell | H | B | T | rnnkit | PyTorch | rnnkit / PyTorch |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in res["memory"]:
         lines.append(f"| {r['cell']} | {r['H']} | {r['B']} | {r['T']} | {r['rnnkit_step_mb']:.1f} | "
