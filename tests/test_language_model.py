@@ -62,9 +62,12 @@ def test_state_carries_between_batches_and_resets():
     np.testing.assert_array_equal(model.get_state()[0], saved[0])
 
 
+@pytest.mark.parametrize("layers", [1, 2, 3])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_stepper_equals_forward(cell):
-    model = small(cell)
+def test_stepper_equals_forward(cell, layers):
+    cfg = LMConfig(vocab_size=7, cell=cell, embedding_size=4, hidden_size=5, num_layers=layers,
+                   dropout=0.0, dtype="float64")
+    model = LanguageModel(cfg, rng=np.random.default_rng(layers))
     model.eval()
     x = np.random.default_rng(3).integers(0, 7, (4, 6))
     model.reset_state()

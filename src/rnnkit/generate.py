@@ -38,13 +38,14 @@ class SampleSettings:
 def next_token_probs(logits: np.ndarray, settings: SampleSettings) -> np.ndarray:
     """``logits (B, V)`` -> the distribution to draw from ``(B, V)`` (float64), after temperature,
     top-k and top-p."""
-    z = np.asarray(logits, dtype=np.float64) / settings.temperature
+    z = np.asarray(logits, dtype=np.float64)
+    if settings.temperature != 1.0:
+        z = z / settings.temperature
     V = z.shape[-1]
     if 0 < settings.top_k < V:
         kth = np.partition(z, V - settings.top_k, axis=-1)[:, V - settings.top_k][:, None]
         z = np.where(z < kth, -np.inf, z)
-    z = z - z.max(axis=-1, keepdims=True)
-    p = np.exp(z)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
     if settings.top_p < 1.0:
         order = np.argsort(-p, axis=-1, kind="stable")
@@ -58,14 +59,19 @@ def next_token_probs(logits: np.ndarray, settings: SampleSettings) -> np.ndarray
 
 
 def sample_next(logits, settings: SampleSettings, rng: np.random.Generator) -> np.ndarray:
-    """One token per row of ``logits (B, V)``: ``(B,)`` int64."""
+    """One token per row of ``logits (B, V)``: ``(B,)`` int64.
+
+    Inverse-CDF sampling: a uniform draw ``u`` per row picks the first token whose cumulative
+    probability exceeds ``u``."""
     logits = to_numpy(logits)
     if settings.greedy:
         return np.argmax(logits, axis=-1).astype(np.int64)
-    p = next_token_probs(logits, settings)
-    cdf = np.cumsum(p, axis=-1)
-    u = rng.random((p.shape[0], 1)) * cdf[:, -1:]
-    return np.minimum((cdf <= u).sum(axis=-1), p.shape[-1] - 1).astype(np.int64)
+    cdf = np.cumsum(next_token_probs(logits, settings), axis=-1)
+    B, V = cdf.shape
+    u = rng.random(B) * cdf[:, -1]
+    if B == 1:                                                 # the common case, kept cheap
+        return np.array([min(int(np.searchsorted(cdf[0], u[0], side="right")), V - 1)])
+    return np.minimum((cdf <= u[:, None]).sum(axis=-1), V - 1).astype(np.int64)
 
 
 def generate(model, prompt: Sequence[int], settings: SampleSettings,

@@ -129,11 +129,18 @@ class LanguageModel(Module):
 class Stepper:
     """The model one token at a time, ``B`` streams at once, for sampling.
 
-    ``step(ids (B,)) -> logits (B, V)``. Weights are fused once at construction, the per-step work
-    reuses its buffers (time-major, as the cells' kernels want them: a state is ``(2, B, H)``,
-    slot 0 the previous state and slot 1 the new one), and the model's training state is left
-    alone. The first layer's input projection of every vocabulary entry, ``E W_ih^T (V, G)``, is
-    computed once, so that a step starts with a row lookup instead of a matrix product.
+    ``step(ids (B,)) -> logits (B, V)``. Built for the cost of one step at batch 1, where every
+    call counts:
+
+    - the first layer's input projection of every vocabulary entry, ``E W_ih^T (V, G)``, is
+      computed once, so that a step starts with a row lookup instead of a matrix product;
+    - every later layer does one matrix product, ``[x, h] [W_ih, W_hh]^T``: its input and its
+      state sit side by side in one buffer ``xh (B, D + H)``;
+    - the buffers are time-major as the cells' kernels want them (a state is ``(2, B, H)``, slot
+      0 the previous state and slot 1 the new one) and reused at every step.
+
+    Weights are fused once at construction; the model itself is left alone (its carried
+    training state included).
     """
 
     def __init__(self, model: LanguageModel, batch_size: int = 1):
@@ -141,31 +148,50 @@ class Stepper:
         xp, dt, H = model.xp, model.dtype, model.config.hidden_size
         self.cells = [row[0] for row in model.rnn.cells]
         self.fused = [c.fused() for c in self.cells]
-        self._emb_proj = model.embedding.weight @ self.fused[0].WxT     # (V, G)
         self.S = [[xp.zeros((2, batch_size, H), dtype=dt) for _ in range(c.num_states)]
                   for c in self.cells]
         self._cache = [[xp.empty((1, batch_size, H), dtype=dt) for _ in range(c.cache_slots)]
                        for c in self.cells]
         self._tmp = [c.new_tmp(batch_size) for c in self.cells]
         self._A = [xp.empty((1, batch_size, f.WxT.shape[1]), dtype=dt) for f in self.fused]
+        self._emb_proj = model.embedding.weight @ self.fused[0].WxT      # (V, G)
+        # layers >= 1: one product [x, h] [W_ih^T; W_hh^T] (D + H, G) into A, and R = 0; the
+        # GRU's candidate needs h W_hn^T apart (r multiplies it), so its columns stay in R
+        self._Wcat, self._xh = [None], [None]
+        for cell, f, tmp in zip(self.cells[1:], self.fused[1:], self._tmp[1:]):
+            WhT = f.WhT.copy()
+            if cell.gates == 3:
+                WhT[:, 2 * H:] = 0
+            self._Wcat.append(xp.concatenate([f.WxT, WhT]))
+            self._xh.append(xp.zeros((batch_size, f.WxT.shape[0] + H), dtype=dt))
+            tmp[0][...] = 0
         self._WdT = xp.ascontiguousarray(model.decoder.weight.T)         # (H, V)
         self._bd = model.decoder.bias
 
     def step(self, ids):
         """Feed one token per stream; return the next-token logits ``(B, V)``."""
-        xp = self.model.xp
-        x = None
-        for k, (cell, f, A, S, cache, tmp) in enumerate(zip(self.cells, self.fused, self._A,
-                                                            self.S, self._cache, self._tmp)):
+        xp, B = self.model.xp, self.B
+        L = len(self.cells)
+        for k in range(L):
+            cell, f, A, S = self.cells[k], self.fused[k], self._A[k], self.S[k]
             if k == 0:
                 xp.take(self._emb_proj, ids, axis=0, out=A[0])         # x W_ih^T by lookup
+                cell.step_forward(f, A, 0, S, 0, self._cache[k], self._tmp[k], B)
             else:
-                xp.matmul(x, f.WxT, out=A[0])
-            cell.step_forward(f, A, 0, S, 0, cache, tmp, self.B)
+                xh, tmp = self._xh[k], self._tmp[k]
+                xp.matmul(xh, self._Wcat[k], out=A[0])                 # [x, h] [W_ih; W_hh]^T
+                if cell.gates == 3:                                    # the GRU's h W_hn^T
+                    H = cell.hidden_size
+                    tmp[0][:, 2 * H:] = xh[:, -H:] @ f.WhT[:, 2 * H:]
+                cell.step_elementwise(f, A, 0, S, 0, self._cache[k], tmp, B)
+            h = S[0][1]                                            # (B, H), the new state
+            if k + 1 < L:
+                self._xh[k + 1][:, :h.shape[1]] = h                # the next layer's input
+            if k > 0:
+                self._xh[k][:, -h.shape[1]:] = h                   # this layer's next state
             for Sj in S:
                 Sj[0] = Sj[1]                                      # the new state becomes the old
-            x = S[0][1]                                            # (B, H)
-        logits = x @ self._WdT                                     # (B, V)
+        logits = h @ self._WdT                                     # (B, V)
         if self._bd is not None:
             logits += self._bd
         return logits

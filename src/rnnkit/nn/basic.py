@@ -106,6 +106,11 @@ class Embedding(Module):
         if flat.size == 0:
             return None
         rows = dy.reshape(flat.size, self.embedding_dim)
+        if xp is not np:                         # CuPy: an atomic scatter-add on the device
+            xp.add.at(dW, flat, rows)
+            if self.padding_idx is not None:
+                dW[self.padding_idx] = 0
+            return None
         # scatter-add by sorting: the rows of each id summed with one reduceat (np.add.at, the
         # obvious way, is several times slower on batches of thousands of tokens)
         order = xp.argsort(flat, kind="stable")

@@ -23,8 +23,9 @@ Internal layout (details of speed, invisible at the API):
 - *The gradient of the gates overwrites their activations* in ``A`` (a step's backward reads its
   activations once, then no longer needs them), so backward allocates no ``(T, N, G)`` buffer of
   its own. ``backward`` may therefore run once per ``forward``, as in PyTorch.
-- *Two implementations of the elementwise work*: NumPy ufuncs, or one fused numba pass
-  (``fused.py``) when numba is installed; they give the same numbers.
+- *Two implementations of the elementwise work*: the array module's ufuncs, or one fused pass
+  per step: numba on the CPU (``fused.py``) when numba is installed, CuPy on the GPU
+  (``fused_cuda.py``). They give the same numbers.
 
 Shapes: ``N`` batch, ``D`` input size, ``H`` hidden size, ``G`` = gates * H. A step ``t`` reads
 the previous state from slot ``p`` of ``S`` and writes the new one to slot ``t + 1``. Only the
@@ -41,8 +42,28 @@ from . import fused as _fused
 from .basic import _rng
 from .module import Module
 
-KERNELS = ("auto", "numpy", "numba")
+KERNELS = ("auto", "numpy", "numba", "cupy")
 
+
+def _kernel_module(kernels: str, xp):
+    """The fused kernels for ``kernels`` on the array module ``xp``, or None for the ufuncs.
+
+    ``auto``: fused where available (numba on the CPU, CuPy on the GPU); ``numpy``: the array
+    module's own ufuncs, one per operation; ``numba`` / ``cupy``: fused, or an error saying why
+    not."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    on_cpu = xp is np
+    if kernels == "numba" and not (on_cpu and _fused.available()):
+        raise ValueError("kernels='numba' needs numba (pip install 'rnnkit[fast]') and the CPU")
+    if kernels == "cupy" and on_cpu:
+        raise ValueError("kernels='cupy' needs device='cuda'")
+    if kernels == "numpy":
+        return None
+    if on_cpu:
+        return _fused if _fused.available() else None
+    from . import fused_cuda  # noqa: PLC0415 - only on the GPU path
+    return fused_cuda
 
 def _transposed(W):
     """A C-contiguous copy of ``W.T``. For NumPy, copied in blocks of rows: 5-10x faster than
@@ -70,13 +91,10 @@ class _Cell(Module):
         super().__init__(dtype, device)
         if input_size < 1 or hidden_size < 1:
             raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}")
-        if kernels not in KERNELS:
-            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-        can_fuse = _fused.available() and self.xp is np
-        if kernels == "numba" and not can_fuse:
-            raise ValueError("kernels='numba' needs numba (pip install 'rnnkit[fast]') and the CPU")
-        # the elementwise work of a step: one fused numba pass, or NumPy ufuncs (same numbers)
-        self.fused_kernels = can_fuse if kernels == "auto" else kernels == "numba"
+        # the elementwise work of a step: one fused pass (numba on the CPU, CuPy on the GPU),
+        # or one ufunc per operation; the same numbers either way
+        self._k = _kernel_module(kernels, self.xp)
+        self.fused_kernels = self._k is not None
         rng = _rng(rng)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         G, H = self.gates * hidden_size, hidden_size
@@ -165,6 +183,13 @@ class _Cell(Module):
             else:
                 g["bias_ih"][order], g["bias_hh"][order] = db, db_hh
 
+    # -- one step of the sequence loop ---------------------------------------------------------
+    def step_forward(self, f, A, t, S, p, cache, tmp, b):
+        """Step ``t``: the recurrent product ``R = h W_hh^T`` into ``tmp[0]``, then the
+        elementwise work, which adds ``A[t]`` (``x W_ih^T``), ``R`` and the bias."""
+        self.xp.matmul(S[0][p, :b], f.WhT, out=tmp[0][:b])        # h W_hh^T
+        self.step_elementwise(f, A, t, S, p, cache, tmp, b)
+
     # -- buffers the kernels use ----------------------------------------------------------------
     def new_tmp(self, N: int) -> list:
         """Scratch buffers the kernels reuse at every step: ``(N, G)`` and ``(N, H)``."""
@@ -243,12 +268,11 @@ class RNNCell(_Cell):
         dx, (dh_prev,) = self._step_back([dh])
         return dx, dh_prev
 
-    def step_forward(self, f, A, t, S, p, cache, tmp, b):
+    def step_elementwise(self, f, A, t, S, p, cache, tmp, b):
         xp, relu = self.xp, self.nonlinearity == "relu"
-        R = tmp[0][:b]
-        xp.matmul(S[0][p, :b], f.WhT, out=R)                       # h W_hh^T
+        R = tmp[0][:b]                                             # h W_hh^T
         if self.fused_kernels:
-            _fused.rnn_forward(A, tmp[0], f.b, t, S[0], b, relu)
+            self._k.rnn_forward(A, tmp[0], f.b, t, S[0], b, relu)
             return
         a = A[t, :b]
         a += R                                                     # + x W_ih^T
@@ -263,7 +287,7 @@ class RNNCell(_Cell):
         xp = self.xp
         dh, dz = d[0][:b], A[t, :b]                                # dz overwrites h'
         if self.fused_kernels:
-            _fused.rnn_backward(A, t, d[0], b, self.nonlinearity == "relu")
+            self._k.rnn_backward(A, t, d[0], b, self.nonlinearity == "relu")
         elif self.nonlinearity == "tanh":
             xp.multiply(dz, dz, out=dz)
             xp.subtract(1, dz, out=dz)                             # 1 - h'^2
@@ -310,12 +334,11 @@ class LSTMCell(_Cell):
         dx, (dh_prev, dc_prev) = self._step_back([dh, dc])
         return dx, (dh_prev, dc_prev)
 
-    def step_forward(self, f, A, t, S, p, cache, tmp, b):
+    def step_elementwise(self, f, A, t, S, p, cache, tmp, b):
         xp, H = self.xp, self.hidden_size
-        R = tmp[0][:b]
-        xp.matmul(S[0][p, :b], f.WhT, out=R)                       # h W_hh^T
+        R = tmp[0][:b]                                             # h W_hh^T
         if self.fused_kernels:
-            _fused.lstm_forward(A, tmp[0], f.b, t, S[0], S[1], p, cache[0], b)
+            self._k.lstm_forward(A, tmp[0], f.b, t, S[0], S[1], p, cache[0], b)
             return
         a = A[t, :b]                                               # (b, 4H): i f o g
         a += R
@@ -336,7 +359,7 @@ class LSTMCell(_Cell):
         xp, H = self.xp, self.hidden_size
         dh, dc = d[0][:b], d[1][:b]
         if self.fused_kernels:
-            _fused.lstm_backward(A, t, S[1], p, cache[0], d[0], d[1], b)
+            self._k.lstm_backward(A, t, S[1], p, cache[0], d[0], d[1], b)
             xp.matmul(A[t, :b], f.Wh, out=dh)                      # dh = dz W_hh
             return
         a, tc, c_prev, tt = A[t, :b], cache[0][t, :b], S[1][p, :b], tmp[1][:b]
@@ -402,12 +425,11 @@ class GRUCell(_Cell):
         dx, (dh_prev,) = self._step_back([dh])
         return dx, dh_prev
 
-    def step_forward(self, f, A, t, S, p, cache, tmp, b):
+    def step_elementwise(self, f, A, t, S, p, cache, tmp, b):
         xp, H = self.xp, self.hidden_size
-        hh, h_prev = tmp[0][:b], S[0][p, :b]
-        xp.matmul(h_prev, f.WhT, out=hh)                           # (b, 3H): h W_h*^T
+        hh, h_prev = tmp[0][:b], S[0][p, :b]                       # (b, 3H): h W_h*^T
         if self.fused_kernels:
-            _fused.gru_forward(A, tmp[0], f.b, f.b_hn, t, S[0], p, cache[0], b)
+            self._k.gru_forward(A, tmp[0], f.b, f.b_hn, t, S[0], p, cache[0], b)
             return
         a = A[t, :b]
         a += f.b
@@ -433,7 +455,7 @@ class GRUCell(_Cell):
         dh, dhn, tt = d[0][:b], gbuf[0][t, :b], tmp[1][:b]
         dZ, dHH = A[t, :b], tmp[0][:b]                              # dZ overwrites (r, z, n)
         if self.fused_kernels:
-            _fused.gru_backward(A, t, S[0], p, cache[0], d[0], tmp[0], gbuf[0], b)
+            self._k.gru_backward(A, t, S[0], p, cache[0], d[0], tmp[0], gbuf[0], b)
         else:
             hn, h_prev = cache[0][t, :b], S[0][p, :b]
             r, z, n = dZ[:, :H], dZ[:, H:2 * H], dZ[:, 2 * H:]

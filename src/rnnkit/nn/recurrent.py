@@ -130,7 +130,7 @@ class _Recurrent(Module):
         else:
             order = np.argsort(-lengths, kind="stable")
             if np.any(order != np.arange(N)):
-                perm = order
+                perm = xp.asarray(order)                    # indexes arrays on the layer's device
                 X = X[:, perm]
                 states0 = [None if s is None else s[:, perm] for s in states0]
             sorted_len = lengths[order]
@@ -162,14 +162,14 @@ class _Recurrent(Module):
         y = layer_in.transpose(1, 0, 2) if self.batch_first else layer_in       # (N, T, D*H)
         h_n = [xp.stack(f) for f in finals]                                      # (L*D, N, H)
         if perm is not None:                                                     # caller's order
-            inv = np.argsort(perm)
+            inv = xp.argsort(perm)
             y = y[inv] if self.batch_first else y[:, inv]                        # (a copy)
             h_n = [s[:, inv] for s in h_n]
         else:
             y = xp.array(y, order="C")       # a copy: the buffers are reused and backward reads them
         if lengths is not None:
             pad = np.arange(T)[None, :] >= lengths[:, None]                     # (N, T)
-            y[pad if self.batch_first else pad.T] = 0
+            y[xp.asarray(pad if self.batch_first else pad.T)] = 0
         if self.stateful:
             self._state = [s.copy() for s in h_n]
         self._cache = {"caches": caches, "perm": perm, "sizes": sizes, "N": N, "T": T}
@@ -245,7 +245,7 @@ class _Recurrent(Module):
             dlayer = dx
         dx = dlayer.transpose(1, 0, 2) if self.batch_first else dlayer
         if perm is not None:
-            inv = np.argsort(perm)
+            inv = xp.argsort(perm)
             dx = dx[inv] if self.batch_first else dx[:, inv]
             dstate0 = [s[:, inv] for s in dstate0]
         return xp.ascontiguousarray(dx), dstate0
