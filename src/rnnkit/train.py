@@ -64,6 +64,18 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def limit_reached(cfg: TrainConfig, step: int, epoch: int, elapsed: float):
+    """Which limit of ``cfg`` a run at ``step`` / ``epoch`` / ``elapsed`` seconds has reached:
+    "max_steps", "max_time", "epochs", or None while it may go on."""
+    if cfg.max_steps and step >= cfg.max_steps:
+        return "max_steps"
+    if cfg.max_time and elapsed >= cfg.max_time:
+        return "max_time"
+    if epoch >= cfg.epochs:
+        return "epochs"
+    return None
+
+
 class TrainingStopped(RuntimeError):
     """The run stopped on its own (NaN/exploding loss): the message says why and what was kept."""
 
@@ -142,6 +154,7 @@ class Trainer:
         self.history: list[dict] = []
         self.last_good_step = None
         self._last_eval_step = None
+        self._plot_failed = False
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
@@ -166,6 +179,15 @@ class Trainer:
         self.step, self.epoch, self.elapsed = int(p["step"]), int(p["epoch"]), float(p["elapsed"])
         self.best_val = math.inf if p["best_val"] is None else float(p["best_val"])
         self._reload_history()
+        # a checkpoint written at an epoch's last batch was saved before the epoch was counted
+        # (a run that stopped right there, or that was killed after that save): count it now,
+        # as the unbroken run did just after saving
+        if self.task.batches.epoch_finished:
+            self._end_epoch()
+
+    def finished(self):
+        """The limit this run has reached ("max_steps", "max_time", "epochs"), or None."""
+        return limit_reached(self.cfg, self.step, self.epoch, self.elapsed)
 
     def _reload_history(self) -> None:
         """Keep the metrics of the steps the checkpoint covers; drop any logged after it (a run
@@ -216,7 +238,8 @@ class Trainer:
         cfg, task, model = self.cfg, self.task, self.task.model
         batches = task.batches
         meter = _Meter()
-        stopped_by = None
+        # a resumed run that has already reached a limit takes no further step
+        stopped_by = self._limit_reached()
         model.train()
         with _StopFlag() as stop:
             while stopped_by is None and self.epoch < cfg.epochs:
@@ -242,14 +265,18 @@ class Trainer:
                     if stopped_by:
                         break
                 else:                                         # the epoch ran to its end
-                    self.epoch += 1
-                    batches.load_state_dict({"epoch": self.epoch, "position": 0})
-                    if self.schedule is not None and not isinstance(self.schedule,
-                                                                    optim.ReduceLROnPlateau):
-                        self.schedule.step()
+                    self._end_epoch()
             if self._last_eval_step != self.step:
                 self._evaluate_and_save(bar, scheduled=False)
         return stopped_by
+
+    def _end_epoch(self) -> None:
+        """Count a finished epoch: the next one starts at its first batch; step-wise schedules
+        step once."""
+        self.epoch += 1
+        self.task.batches.load_state_dict({"epoch": self.epoch, "position": 0})
+        if self.schedule is not None and not isinstance(self.schedule, optim.ReduceLROnPlateau):
+            self.schedule.step()
 
     def _train_step(self, x, y) -> float:
         """forward -> loss -> backward -> clip -> update; refuses a NaN or exploding loss."""
@@ -274,11 +301,9 @@ class Trainer:
         return round(self.epoch + b.position / b.batches_per_epoch, 4)
 
     def _limit_reached(self):
-        if self.cfg.max_steps and self.step >= self.cfg.max_steps:
-            return "max_steps"
-        if self.cfg.max_time and self.elapsed >= self.cfg.max_time:
-            return "max_time"
-        return None
+        """A step or time limit reached (epochs are counted by the loop itself)."""
+        reached = limit_reached(self.cfg, self.step, self.epoch, self.elapsed)
+        return None if reached == "epochs" else reached
 
     def _evaluate_and_save(self, bar, scheduled: bool) -> None:
         """Evaluate, log, checkpoint. Only ``scheduled`` evaluations (every ``eval_interval``
@@ -312,7 +337,12 @@ class Trainer:
         write(f"[eval] {shown}{'  (best)' if improved else ''}")
         if sample:
             write("[sample] " + sample.replace("\n", "\n         "))
-        plot_history(self.history, self.out / "loss.png")
+        try:
+            plot_history(self.history, self.out / "loss.png")
+        except (OSError, RuntimeError, ValueError) as e:   # a picture is not worth stopping for
+            if not self._plot_failed:
+                write(f"[warning] could not draw {self.out / 'loss.png'}: {e}")
+            self._plot_failed = True
 
     def _bad_loss_message(self, value, what="loss") -> str:
         kept = (f"the last good checkpoint is {self.out / 'last.npz'} (step {self.last_good_step})"
