@@ -94,9 +94,60 @@ class LMTask:
                 "data": self.batches.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
+        self._check_carried(d["carried"])
         self.model.load_state_dict(d["weights"])
         self.model.set_state(d["carried"])
         self.batches.load_state_dict(d["data"])
+
+    def _check_carried(self, carried) -> None:
+        """The saved hidden state must fit this model and batch size: ``(L, B, H)`` arrays, two
+        for an LSTM (h and c), one otherwise."""
+        if carried is None:
+            return
+        c = self.model.config
+        want = (c.num_layers, self.batches.batch_size, c.hidden_size)
+        count = 2 if c.cell == "lstm" else 1
+        if (not isinstance(carried, list) or len(carried) != count
+                or any(not isinstance(a, np.ndarray) or a.shape != want for a in carried)):
+            shapes = [getattr(a, "shape", a) for a in carried] if isinstance(carried, list) \
+                else carried
+            raise ValueError(f"the saved hidden state {shapes} does not fit this model "
+                             f"({count} array(s) of shape {want})")
+
+
+def lm_from_tree(tree, path) -> tuple[LMConfig, object, dict]:
+    """``(config, tokenizer, task_tree)`` of a language-model checkpoint tree read from ``path``,
+    every part checked, so that a damaged or foreign file is one ``CheckpointError`` naming it."""
+    task = tree.get("task") if isinstance(tree, dict) else None
+    if not isinstance(task, dict) or task.get("kind") != KIND:
+        raise checkpoint.CheckpointError(f"{path}: not an rnnkit language-model checkpoint")
+    for key, kind in (("model_config", dict), ("weights", dict), ("tokenizer", dict)):
+        if not isinstance(task.get(key), kind):
+            raise checkpoint.CheckpointError(f"{path}: damaged language-model checkpoint "
+                                             f"(no {key})")
+    config = checkpoint.config_from_dict(LMConfig, task["model_config"], str(path))
+    weights = task["weights"]
+    for name, w in weights.items():
+        if not isinstance(w, np.ndarray) or not (np.issubdtype(w.dtype, np.floating)
+                                                 or np.issubdtype(w.dtype, np.integer)):
+            raise checkpoint.CheckpointError(f"{path}: damaged language-model checkpoint "
+                                             f"(weight {name} is not a numeric array)")
+        if np.issubdtype(w.dtype, np.floating) and not np.isfinite(w).all():
+            raise checkpoint.CheckpointError(f"{path}: damaged language-model checkpoint "
+                                             f"(weight {name} holds NaN or infinity)")
+    try:
+        tokenizer = tokenizer_from_dict(task["tokenizer"])
+    except ImportError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        what = f"missing {e}" if isinstance(e, KeyError) else str(e)
+        raise checkpoint.CheckpointError(f"{path}: damaged language-model checkpoint (its "
+                                         f"tokenizer: {what})") from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise checkpoint.CheckpointError(
+            f"{path}: damaged language-model checkpoint (its tokenizer has {tokenizer.vocab_size} "
+            f"tokens but its model {config.vocab_size})")
+    return config, tokenizer, task
 
 
 def load_lm(path, device: str = "cpu"):
@@ -106,15 +157,11 @@ def load_lm(path, device: str = "cpu"):
     rnnkit language-model checkpoint."""
     path = resolve_checkpoint(path)
     tree = checkpoint.load(path)
-    task = tree.get("task") if isinstance(tree, dict) else None
-    if not isinstance(task, dict) or task.get("kind") != KIND:
-        raise checkpoint.CheckpointError(f"{path}: not an rnnkit language-model checkpoint")
+    config, tokenizer, task = lm_from_tree(tree, path)
     try:
-        config = LMConfig.from_dict(task["model_config"])
         model = LanguageModel(config, rng=np.random.default_rng(0), device=device)
         model.load_state_dict(task["weights"])
-        tokenizer = tokenizer_from_dict(task["tokenizer"])
-    except (KeyError, TypeError, ValueError) as e:
+    except ValueError as e:
         raise checkpoint.CheckpointError(f"{path}: damaged language-model checkpoint ({e})") from e
     model.eval()
     return model, tokenizer, tree
