@@ -127,3 +127,132 @@ def test_help_for_every_subcommand():
                        text=True)
     for flag in ("--data", "--tokenizer", "--model", "--max-time", "--resume", "--top-k"[:0]):
         assert flag in r.stdout
+
+
+def _run_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_stopped_at_an_epochs_last_batch_resumes_exactly(corpus, tmp_path):
+    """The checkpoint at an epoch's end is written before the epoch is counted; a resumed run must
+    count it (reset the state, step the schedule) and not train an extra epoch."""
+    common = ["--data", corpus, "--dropout", "0.3", "--eval-interval", "0", "--log-interval", "1",
+              "--epochs", "3", "--schedule", "exp", "--lr-gamma", "0.5", "--lr-hold", "1",
+              "--sample-length", "0"]
+    assert train(*common, "--out", tmp_path / "a") == 0
+    per_epoch = next(r["step"] for r in _run_rows(tmp_path / "a") if r.get("eval"))
+    assert train(*common, "--out", tmp_path / "b", "--max-steps", per_epoch) == 0
+    assert train("--resume", tmp_path / "b", "--max-steps", "0") == 0
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(a) == sorted(b) == list(range(1, 3 * per_epoch + 1))
+    assert all(a[s] == b[s] for s in a)
+
+
+def test_resuming_a_finished_run_changes_nothing(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train("--data", corpus, "--out", out, "--max-steps", "4", "--log-interval", "1") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert train("--resume", out) == 0
+    err = capsys.readouterr().err
+    assert "already finished" in err and "--max-steps" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert train("--resume", out, "--max-steps", "5") == 0            # a raised limit goes on
+    assert max(losses(out)) == 5
+
+
+def test_max_time_tiny_takes_one_step_and_stops(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train("--data", corpus, "--out", out, "--max-time", "1e-6", "--log-interval", "1") == 0
+    assert "time limit reached: step 1," in capsys.readouterr().out
+    assert sorted(losses(out)) == [1]
+
+
+def test_ctrl_c_saves_last_and_exits_130(corpus, tmp_path, capsys, monkeypatch):
+    import signal
+
+    from rnnkit.train import Trainer
+    step = Trainer._train_step
+
+    def step_then_ctrl_c(self, x, y):
+        loss = step(self, x, y)
+        if self.step == 3:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "_train_step", step_then_ctrl_c)
+    out = tmp_path / "run"
+    assert train("--data", corpus, "--out", out, "--eval-interval", "0") == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err and f"--resume {out}" in err
+    from rnnkit import checkpoint
+    assert checkpoint.load(out / "last.npz")["progress"]["step"] == 3
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    assert train("--resume", out, "--max-steps", "5") == 0             # and it resumes
+
+
+def test_a_second_ctrl_c_stops_at_once(corpus, tmp_path, capsys, monkeypatch):
+    import signal
+
+    from rnnkit.train import Trainer
+    step = Trainer._train_step
+
+    def step_then_two_ctrl_c(self, x, y):
+        loss = step(self, x, y)
+        if self.step == 3:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "_train_step", step_then_two_ctrl_c)
+    assert train("--data", corpus, "--out", tmp_path / "run", "--eval-interval", "0") == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+
+
+def test_moved_checkpoint_run_and_data(corpus, tmp_path, capsys, monkeypatch):
+    """Runs store their data's absolute path; a checkpoint or run directory moved elsewhere
+    still samples and resumes; data that moved is named again with --data (contents checked)."""
+    import shutil
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    assert train("--data", corpus.name, "--out", "run", "--max-steps", "2",
+                 "--log-interval", "1") == 0
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(out / "best.npz", tmp_path / "elsewhere" / "model.npz")
+    shutil.move(out, tmp_path / "elsewhere" / "run")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["sample", "model.npz", "--length", "10", "--seed", "1"]) == 0
+    assert train("--resume", "run", "--max-steps", "3") == 0          # data found from anywhere
+    shutil.move(corpus, tmp_path / "elsewhere" / "moved.txt")
+    capsys.readouterr()
+    assert train("--resume", "run", "--max-steps", "4") == 2
+    assert "--data" in capsys.readouterr().err
+    (tmp_path / "other.txt").write_text(TEXT.upper())
+    assert train("--resume", "run", "--max-steps", "4", "--data", tmp_path / "other.txt") == 2
+    assert "contents differ" in capsys.readouterr().err
+    assert train("--resume", "run", "--max-steps", "4", "--data", "moved.txt") == 0
+    assert train("--resume", "run", "--max-steps", "5") == 0          # the new place is kept
+    assert max(losses(tmp_path / "elsewhere" / "run")) == 5
+
+
+def test_resume_refuses_force_and_changed_settings(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train("--data", corpus, "--out", out, "--max-steps", "2") == 0
+    capsys.readouterr()
+    assert train("--resume", out, "--force") == 2
+    assert "--force" in capsys.readouterr().err
+    assert train("--resume", out, "--hidden-size", "32", "--layers", "3", "--model", "gru") == 2
+    err = capsys.readouterr().err
+    assert "--hidden-size" in err and "--layers" in err and "--model" in err
+
+
+def test_python_dash_m_is_the_same_command(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "rnnkit", "sample", str(tmp_path / "none")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "rnnkit", "eval", str(tmp_path)], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--data" in r.stderr

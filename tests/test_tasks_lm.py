@@ -1,4 +1,4 @@
-"""Loading a language-model checkpoint: every damaged part is one CheckpointError naming the file."""
+"""Loading a language-model checkpoint: each damaged part is one CheckpointError naming the file."""
 from __future__ import annotations
 
 import numpy as np
