@@ -388,3 +388,19 @@ def test_sampling_a_model_that_never_saw_a_newline(capsys, tmp_path):
     assert main(["sample", str(out), "--length", "20", "--seed", "0"]) == 0   # no --prime
     assert len(capsys.readouterr().out) == 21
     fails(capsys, ["sample", out, "--prime", "a\nb"], "never saw", "'\\n'")
+
+
+def test_a_jieba_model_samples_without_jieba_unless_primed(capsys, corpus, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--tokenizer", "word", "--data", str(corpus), "--out", str(out),
+                 "--max-steps", "2"]) == 0
+    tree = checkpoint.load(out / "best.npz")
+    tree["task"]["tokenizer"]["kind"] = "jieba"         # the same vocabulary, cut by jieba
+    checkpoint.save(out / "best.npz", tree)
+    capsys.readouterr()
+    assert main(["sample", str(out), "--length", "5", "--seed", "0"]) == 0
+    assert capsys.readouterr().out.strip()
+    try:
+        import jieba  # noqa: F401
+    except ImportError:
+        fails(capsys, ["sample", out, "--prime", "You are"], "jieba")

@@ -76,7 +76,11 @@ def run(args) -> int:
                               top_p=args.top_p, greedy=args.greedy)
     model, tokenizer, _ = load_lm(args.checkpoint, device=args.device)
     if args.prime is None:                       # start after a newline when the model knows one
-        prompt, echo = tokenizer.encode("\n", unknown="skip")[-1:].tolist(), ""
+        if tokenizer.kind in ("word", "jieba"):   # <eos>; no segmenter needed (jieba may be absent)
+            prompt = [tokenizer.eos_id]
+        else:
+            prompt = tokenizer.encode("\n", unknown="skip")[-1:].tolist()
+        echo = ""
     else:
         prompt, echo = _prompt(tokenizer, args.prime)
         prompt = prompt.tolist()
