@@ -314,6 +314,12 @@ def test_eval_on_unseen_characters_refuses_or_skips_and_reports(capsys, run_dir,
     assert "left out 60" in cap.err
 
 
+def test_eval_on_a_binary_file_does_not_suggest_a_flag_eval_lacks(capsys, run_dir):
+    err = fails(capsys, ["eval", run_dir, "--data", sys.executable], "binary",
+                "trained with --tokenizer byte")
+    assert "use --tokenizer byte" not in err
+
+
 def test_eval_on_a_file_too_short(capsys, run_dir, tmp_path):
     (tmp_path / "one.txt").write_text("F")
     fails(capsys, ["eval", run_dir, "--data", tmp_path / "one.txt"], "too short")

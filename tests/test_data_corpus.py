@@ -59,6 +59,17 @@ def test_read_text_latin1_file(tmp_path):
     _one_line_error(f, "char", "0xff at offset 8")
 
 
+def test_read_text_says_what_to_do_in_the_callers_words(tmp_path):
+    f = tmp_path / "data.bin"
+    f.write_bytes(b"abc\x00")
+    with pytest.raises(DataError) as err:
+        read_text(f, "char", hint="retrain it")
+    assert "offset 3" in str(err.value) and str(err.value).endswith("; retrain it")
+    f.write_bytes(b"caf\xe9")
+    with pytest.raises(DataError, match="convert it to UTF-8, or retrain it"):
+        read_text(f, "word", hint="retrain it")
+
+
 def test_read_text_unknown_kind(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("x")

@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     path = resolve_checkpoint(args.checkpoint)
     model, tokenizer, _ = load_lm(path, device=args.device)
-    text = read_text(args.data, tokenizer.kind)
+    text = read_text(args.data, tokenizer.kind, hint=f"this {tokenizer.kind} model reads UTF-8 "
+                     f"text; only a model trained with --tokenizer byte reads any file")
     skipped = unknown_words = 0
     if tokenizer.kind == "char":
         try:

@@ -25,11 +25,15 @@ _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "_
 DEFAULT_CORPUS_BYTES = 3_000_000
 
 
-def read_text(path, kind: str):
+BYTE_HINT = "use --tokenizer byte to model raw bytes"
+
+
+def read_text(path, kind: str, hint: str = BYTE_HINT):
     """The contents of ``path`` for a tokenizer of ``kind``: ``str``, or ``bytes`` for ``byte``.
 
     Text kinds (char, word, jieba) need UTF-8 (a leading byte-order mark is dropped) and refuse
-    binary files (NUL bytes). Line endings are kept as they are in the file.
+    binary files (NUL bytes), ending the message with ``hint`` (what to do instead). Line endings
+    are kept as they are in the file.
     """
     if kind not in KINDS:
         raise DataError(f"unknown tokenizer kind {kind!r}; choose from {', '.join(KINDS)}")
@@ -50,13 +54,12 @@ def read_text(path, kind: str):
         return data
     nul = data.find(b"\x00")
     if nul >= 0:
-        raise DataError(f"{p} looks binary (a NUL byte at offset {nul}); "
-                        f"use --tokenizer byte to model raw bytes")
+        raise DataError(f"{p} looks binary (a NUL byte at offset {nul}); {hint}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{p} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                        f"convert it to UTF-8 or use --tokenizer byte") from None
+                        f"convert it to UTF-8, or {hint}") from None
     return text.removeprefix("\ufeff")                              # a byte-order mark
 
 
