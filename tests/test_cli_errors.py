@@ -123,6 +123,9 @@ def test_bad_data_files(capsys, tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     fails(capsys, [*base, tmp_path / "empty.txt"], "empty")
     fails(capsys, [*base, tmp_path], "directory")
+    (tmp_path / "good.txt").write_text(TEXT)
+    fails(capsys, ["train", *TINY, "--out", out, "--data", tmp_path / "good.txt", "--val-data",
+                   tmp_path], "is a directory, not a file")
     (tmp_path / "bin.dat").write_bytes(bytes(range(256)) * 20)
     fails(capsys, [*base, tmp_path / "bin.dat"], "--tokenizer byte")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1") * 50)

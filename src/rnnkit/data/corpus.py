@@ -39,7 +39,7 @@ def read_text(path, kind: str, hint: str = BYTE_HINT):
         raise DataError(f"unknown tokenizer kind {kind!r}; choose from {', '.join(KINDS)}")
     p = Path(path)
     if p.is_dir():
-        raise DataError(f"{p} is a directory; pass a text file with --data")
+        raise DataError(f"{p} is a directory, not a file; pass a text file")
     if not p.exists():
         raise DataError(f"data file not found: {p}")
     try:
