@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         print(f"rnnkit {args.command}: {describe(e)}", file=sys.stderr)
         return EXIT_STOPPED
     except KeyboardInterrupt:
-        kept = "; the last checkpoint saved is kept" if args.command == "train" else ""
+        kept = "; checkpoints saved so far are kept" if args.command == "train" else ""
         print(f"rnnkit {args.command}: interrupted{kept}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError:
