@@ -6,6 +6,7 @@ import pytest
 
 from rnnkit.generate import SampleSettings, generate, generate_batch, next_token_probs, sample_next
 from rnnkit.models.language_model import LanguageModel, LMConfig
+from rnnkit.nn import fused
 
 
 def model():
@@ -71,3 +72,21 @@ def test_bad_settings_and_prompts():
         SampleSettings(top_p=0)
     with pytest.raises(ValueError, match="out of range"):
         list(generate(model(), [99], SampleSettings(length=2), np.random.default_rng(0)))
+
+
+@pytest.mark.skipif(not fused.available(), reason="numba is not installed")
+def test_one_pass_sampler_picks_the_inverse_cdf_token():
+    """Batch 1 without filters draws with numba's one-pass sampler: the same token as the
+    cumulative sum and search would pick for the same uniform draw."""
+    rng = np.random.default_rng(4)
+    for trial in range(500):
+        V = int(rng.integers(1, 80))
+        z = (rng.standard_normal(V) * rng.choice([0.1, 3.0, 30.0])).astype(np.float32)
+        temperature = float(rng.choice([0.3, 1.0, 2.5]))
+        u = float(rng.random())
+        p = next_token_probs(z[None], SampleSettings(temperature=temperature))[0]
+        cdf = np.cumsum(p)
+        want = min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), V - 1)
+        got = fused.sample_row(z, 1.0 / temperature, u)
+        if got != want:       # only where u lands within rounding of a boundary
+            assert abs(cdf[min(got, want)] - u * cdf[-1]) < 1e-9, (trial, got, want)

@@ -75,6 +75,12 @@ def test_stepper_equals_forward(cell, layers):
     stepper = Stepper(model, batch_size=4)
     got = np.stack([stepper.step(x[:, t]) for t in range(6)], axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    # batch 1 takes its own path (matrix-vector products on output-major weights)
+    model.reset_state()
+    want = model(x[1:2])
+    stepper = Stepper(model, batch_size=1)
+    got = np.stack([stepper.step(x[1:2, t]) for t in range(6)], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_init_range_and_config_round_trip():

@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .backend import to_numpy
+from .nn import fused
 from .models.language_model import Stepper
 
 
@@ -66,6 +67,10 @@ def sample_next(logits, settings: SampleSettings, rng: np.random.Generator) -> n
     logits = to_numpy(logits)
     if settings.greedy:
         return np.argmax(logits, axis=-1).astype(np.int64)
+    if (logits.shape[0] == 1 and fused.available() and settings.top_k == 0
+            and settings.top_p == 1.0):                        # batch 1, no filter: one pass
+        u = rng.random(1)
+        return np.array([fused.sample_row(logits[0], 1.0 / settings.temperature, u[0])])
     cdf = np.cumsum(next_token_probs(logits, settings), axis=-1)
     B, V = cdf.shape
     u = rng.random(B) * cdf[:, -1]

@@ -136,6 +136,8 @@ class Stepper:
       computed once, so that a step starts with a row lookup instead of a matrix product;
     - every later layer does one matrix product, ``[x, h] [W_ih, W_hh]^T``: its input and its
       state sit side by side in one buffer ``xh (B, D + H)``;
+    - at batch 1 the weights are kept output-major, ``(G, K)``, so that each product is a
+      matrix-vector product in the layout BLAS streams fastest (2x the other way here);
     - the buffers are time-major as the cells' kernels want them (a state is ``(2, B, H)``, slot
       0 the previous state and slot 1 the new one) and reused at every step.
 
@@ -146,6 +148,7 @@ class Stepper:
     def __init__(self, model: LanguageModel, batch_size: int = 1):
         self.model, self.B = model, batch_size
         xp, dt, H = model.xp, model.dtype, model.config.hidden_size
+        self._vec = batch_size == 1
         self.cells = [row[0] for row in model.rnn.cells]
         self.fused = [c.fused() for c in self.cells]
         self.S = [[xp.zeros((2, batch_size, H), dtype=dt) for _ in range(c.num_states)]
@@ -155,35 +158,51 @@ class Stepper:
         self._tmp = [c.new_tmp(batch_size) for c in self.cells]
         self._A = [xp.empty((1, batch_size, f.WxT.shape[1]), dtype=dt) for f in self.fused]
         self._emb_proj = model.embedding.weight @ self.fused[0].WxT      # (V, G)
+        self._Wh0 = self._weight(self.fused[0].WhT)
         # layers >= 1: one product [x, h] [W_ih^T; W_hh^T] (D + H, G) into A, and R = 0; the
         # GRU's candidate needs h W_hn^T apart (r multiplies it), so its columns stay in R
-        self._Wcat, self._xh = [None], [None]
+        self._Wcat, self._Whn, self._xh, self._rn = [None], [None], [None], [None]
         for cell, f, tmp in zip(self.cells[1:], self.fused[1:], self._tmp[1:]):
             WhT = f.WhT.copy()
             if cell.gates == 3:
                 WhT[:, 2 * H:] = 0
-            self._Wcat.append(xp.concatenate([f.WxT, WhT]))
+            self._Wcat.append(self._weight(xp.concatenate([f.WxT, WhT])))
+            self._Whn.append(self._weight(f.WhT[:, 2 * H:]) if cell.gates == 3 else None)
             self._xh.append(xp.zeros((batch_size, f.WxT.shape[0] + H), dtype=dt))
+            self._rn.append(xp.empty((batch_size, H), dtype=dt))
             tmp[0][...] = 0
-        self._WdT = xp.ascontiguousarray(model.decoder.weight.T)         # (H, V)
+        self._Wd = self._weight(model.decoder.weight.T)                   # (H, V) or (V, H)
         self._bd = model.decoder.bias
+
+    def _weight(self, WT):
+        """``W^T (K, G)`` stored for ``_mul``: as ``(G, K)`` at batch 1, else as it is."""
+        xp = self.model.xp
+        return xp.ascontiguousarray(WT.T if self._vec else WT)
+
+    def _mul(self, W, x, out):
+        """``out (B, G) = x (B, K) W^T`` for a weight stored by ``_weight``."""
+        if self._vec:
+            self.model.xp.matmul(W, x[0], out=out[0])              # (G, K) @ (K,): a GEMV
+        else:
+            self.model.xp.matmul(x, W, out=out)
 
     def step(self, ids):
         """Feed one token per stream; return the next-token logits ``(B, V)``."""
         xp, B = self.model.xp, self.B
         L = len(self.cells)
         for k in range(L):
-            cell, f, A, S = self.cells[k], self.fused[k], self._A[k], self.S[k]
+            cell, f, A, S, tmp = self.cells[k], self.fused[k], self._A[k], self.S[k], self._tmp[k]
             if k == 0:
                 xp.take(self._emb_proj, ids, axis=0, out=A[0])         # x W_ih^T by lookup
-                cell.step_forward(f, A, 0, S, 0, self._cache[k], self._tmp[k], B)
+                self._mul(self._Wh0, S[0][0], tmp[0])                  # h W_hh^T
             else:
-                xh, tmp = self._xh[k], self._tmp[k]
-                xp.matmul(xh, self._Wcat[k], out=A[0])                 # [x, h] [W_ih; W_hh]^T
+                xh = self._xh[k]
+                self._mul(self._Wcat[k], xh, A[0])                     # [x, h] [W_ih; W_hh]^T
                 if cell.gates == 3:                                    # the GRU's h W_hn^T
                     H = cell.hidden_size
-                    tmp[0][:, 2 * H:] = xh[:, -H:] @ f.WhT[:, 2 * H:]
-                cell.step_elementwise(f, A, 0, S, 0, self._cache[k], tmp, B)
+                    self._mul(self._Whn[k], S[0][0], self._rn[k])
+                    tmp[0][:, 2 * H:] = self._rn[k]
+            cell.step_elementwise(f, A, 0, S, 0, self._cache[k], tmp, B)
             h = S[0][1]                                            # (B, H), the new state
             if k + 1 < L:
                 self._xh[k + 1][:, :h.shape[1]] = h                # the next layer's input
@@ -191,7 +210,9 @@ class Stepper:
                 self._xh[k][:, -h.shape[1]:] = h                   # this layer's next state
             for Sj in S:
                 Sj[0] = Sj[1]                                      # the new state becomes the old
-        logits = h @ self._WdT                                     # (B, V)
+        logits = xp.empty((B, self._bd.shape[0] if self._bd is not None else
+                           self.model.config.vocab_size), dtype=h.dtype)
+        self._mul(self._Wd, h, logits)                             # (B, V)
         if self._bd is not None:
             logits += self._bd
         return logits

@@ -176,3 +176,24 @@ if numba is not None:
                     a[j] = dhn[j] if h > zero else zero
                 else:
                     a[j] = dhn[j] * (one - h * h)
+
+    # -- sampling -------------------------------------------------------------------------------
+    @_jit
+    def sample_row(z, inv_temperature, u):
+        """The token drawn by inverse CDF from ``softmax(z * inv_temperature)`` at the uniform
+        draw ``u`` in [0, 1): the first ``v`` whose cumulative probability exceeds ``u``. One
+        pass for the maximum, two for the sums, in float64; nothing allocated."""
+        V = z.shape[0]
+        m = z[0]
+        for v in range(1, V):
+            m = max(m, z[v])
+        total = 0.0
+        for v in range(V):
+            total += math.exp((np.float64(z[v]) - m) * inv_temperature)
+        target = u * total
+        acc = 0.0
+        for v in range(V):
+            acc += math.exp((np.float64(z[v]) - m) * inv_temperature)
+            if acc > target:
+                return v
+        return V - 1
