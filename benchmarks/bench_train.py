@@ -100,7 +100,8 @@ def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_tor
            "rnnkit_gflops": matmul_flops(cell, V, E, H, L, B, T) / mo / 1e9}
     if theirs:
         mt = statistics.median(t_theirs)
-        row.update(torch_ms=mt * 1e3, torch_tok_s=B * T / mt, ratio=mt / mo)
+        row.update(torch_ms=mt * 1e3, torch_tok_s=B * T / mt, ratio=mt / mo,
+                   torch_gflops=matmul_flops(cell, V, E, H, L, B, T) / mt / 1e9)
     return row
 
 
@@ -121,10 +122,12 @@ def main(argv=None):
     for cell in args.cells:
         r = compare(cell, H=args.hidden, B=args.batch, T=args.bptt, reps=args.reps)
         r["peak_share"] = r["rnnkit_gflops"] * 1e9 / peak
+        r["torch_peak_share"] = r["torch_gflops"] * 1e9 / peak
         rows.append(r)
         print(f"{cell:4s} H={r['H']} B={r['B']} T={r['T']}: rnnkit {r['rnnkit_tok_s']:8,.0f} tok/s "
               f"({r['rnnkit_ms']:6.1f} ms, {r['peak_share']:.0%} of peak) | torch "
-              f"{r['torch_tok_s']:8,.0f} tok/s ({r['torch_ms']:6.1f} ms) | ratio {r['ratio']:.2f}x")
+              f"{r['torch_tok_s']:8,.0f} tok/s ({r['torch_ms']:6.1f} ms, "
+              f"{r['torch_peak_share']:.0%}) | ratio {r['ratio']:.2f}x")
     return finish(rows, args.json)
 
 

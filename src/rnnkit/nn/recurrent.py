@@ -11,8 +11,8 @@ whatever ``batch_first`` is, as in torch.
     out, (h_n, c_n) = lstm(x, (h0, c0))             dx, (dh0, dc0) = lstm.backward(dout, (dh_n, dc_n))
 
 How the loop is made fast, every part tested equal to stepping the cell by hand:
-- the input projection ``W_ih X + b`` of the whole sequence is one matrix product per layer;
-- the per-step kernels only do ``W_hh h`` and the elementwise work, into reused buffers;
+- the input projection ``X W_ih^T`` of the whole sequence is one matrix product per layer;
+- the per-step kernels only do ``h W_hh^T`` and the elementwise work, into reused buffers;
 - the weight gradients of all steps are one matrix product each (``cells._Cell.weight_grads``).
 
 Variable lengths (``lengths``, what PyTorch's PackedSequence does): the batch is sorted longest
@@ -197,7 +197,7 @@ class _Recurrent(Module):
                 for Sj in S:
                     Sj[t + 1, b:] = Sj[p, b:]
         return {"cell": cell, "f": f, "A": A, "S": S, "cache": cache, "reverse": reverse,
-                "key": key, "done": False}
+                "key": key}
 
     # -- backward -----------------------------------------------------------------------------
     def _backward(self, dy, dstate_n):
