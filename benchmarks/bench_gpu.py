@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from bench_train import torch_step
 from common import finish, parser
 from rnnkit.backend import cuda_available
 from rnnkit.models.language_model import LanguageModel, LMConfig
@@ -41,31 +42,9 @@ def rnnkit_gpu_step(cell, V, E, H, L, B, T, seed=0):
     return step
 
 
-def torch_gpu_step(cell, V, E, H, L, B, T, seed=0):
-    import torch
-    torch.manual_seed(seed)
-    dev = torch.device("cuda")
-    rnn_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
-    emb = torch.nn.Embedding(V, E).to(dev)
-    rnn = rnn_cls(E, H, L, batch_first=True).to(dev)
-    lin = torch.nn.Linear(H, V).to(dev)
-    params = [*emb.parameters(), *rnn.parameters(), *lin.parameters()]
-    opt = torch.optim.Adam(params, lr=1e-3)
-    x = torch.randint(0, V, (B, T), device=dev)
-    y = torch.randint(0, V, (B, T), device=dev)
-
-    def step():
-        opt.zero_grad(set_to_none=False)
-        out, _ = rnn(emb(x))
-        loss = torch.nn.functional.cross_entropy(lin(out).reshape(-1, V), y.reshape(-1))
-        loss.backward()
-        opt.step()
-        torch.cuda.synchronize()
-    return step
-
-
 def compare(cell, V=65, E=64, H=512, L=2, B=64, T=100, reps=10, warmup=3) -> dict:
-    ours, theirs = rnnkit_gpu_step(cell, V, E, H, L, B, T), torch_gpu_step(cell, V, E, H, L, B, T)
+    ours = rnnkit_gpu_step(cell, V, E, H, L, B, T)
+    theirs = torch_step(cell, V, E, H, L, B, T, device="cuda")
     for _ in range(warmup):
         ours()
         theirs()

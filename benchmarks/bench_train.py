@@ -34,15 +34,19 @@ def rnnkit_step(cell, V, E, H, L, B, T, seed=0):
     return step, model
 
 
-def torch_step(cell, V, E, H, L, B, T, seed=0):
+def torch_step(cell, V, E, H, L, B, T, seed=0, device="cpu"):
+    """The same step in PyTorch; on ``device='cuda'`` it waits for the GPU before returning."""
     import torch
     torch.manual_seed(seed)
     rnn_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
     emb, rnn, lin = torch.nn.Embedding(V, E), rnn_cls(E, H, L, batch_first=True), torch.nn.Linear(H, V)
+    emb, rnn, lin = emb.to(device), rnn.to(device), lin.to(device)
     params = [*emb.parameters(), *rnn.parameters(), *lin.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g)
+    x, y = x.to(device), y.to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def step():
         opt.zero_grad(set_to_none=False)
@@ -50,6 +54,7 @@ def torch_step(cell, V, E, H, L, B, T, seed=0):
         loss = torch.nn.functional.cross_entropy(lin(out).reshape(-1, V), y.reshape(-1))
         loss.backward()
         opt.step()
+        sync()
     return step
 
 
