@@ -247,19 +247,25 @@ def test_bad_constructor_arguments():
 @pytest.mark.parametrize("kind", list(LAYERS))
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
 def test_numba_kernels_equal_numpy_kernels(kind, dtype, tol):
-    """Training-sized random data, variable lengths, two layers, both directions."""
+    """Training-sized random data, two layers, both directions, nonzero h0 and dh_n, variable
+    lengths that all end before T (the last steps have no active sequence)."""
     rng = np.random.default_rng(15)
     cls, extra = LAYERS[kind]
     layers = [cls(6, 9, num_layers=2, bidirectional=True, rng=np.random.default_rng(1),
                   dtype=dtype, kernels=k, **extra) for k in ("numpy", "numba")]
-    x = rng.standard_normal((5, 7, 6)).astype(dtype)
+    x = rng.standard_normal((5, 9, 6)).astype(dtype)
     lengths = np.array([7, 3, 5, 1, 6])
-    dy = rng.standard_normal((5, 7, 18)).astype(dtype)
+    dy = rng.standard_normal((5, 9, 18)).astype(dtype)
+    h0 = state(kind, 4, 5, 9, rng)
+    h0 = tuple(a.astype(dtype) for a in h0) if kind == "lstm" else h0.astype(dtype)
+    dhn = state(kind, 4, 5, 9, rng)
+    dhn = tuple(a.astype(dtype) for a in dhn) if kind == "lstm" else dhn.astype(dtype)
     outs = []
     for layer in layers:
-        y, h = layer(x, lengths=lengths)
-        dx, dh0 = layer.backward(dy)
-        outs.append([y, dx] + list(np.atleast_1d(h) if kind != "lstm" else h) + list(layer.grads))
+        y, h = layer(x, h0, lengths=lengths)
+        dx, dh0 = layer.backward(dy, dhn)
+        flat = (lambda s: list(s)) if kind == "lstm" else (lambda s: [s])
+        outs.append([y, dx] + flat(h) + flat(dh0) + list(layer.grads))
     for a, b in zip(*outs):
         assert relative_error(np.asarray(a, np.float64), np.asarray(b, np.float64)) < tol
 
@@ -268,3 +274,16 @@ def test_kernels_argument():
     with pytest.raises(ValueError, match="kernels must be"):
         LSTM(3, 4, kernels="cuda")
     assert not LSTM(3, 4, kernels="numpy").cells[0][0].fused_kernels
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_gradcheck_lengths_all_shorter_than_T(kind):
+    """Steps past every sequence's end: no active rows, zero outputs, no gradient."""
+    rng = np.random.default_rng(21)
+    layer = make(kind, 2, 3, rng, num_layers=2, bidirectional=True)
+    x = rng.standard_normal((2, 6, 2))
+    h0 = state(kind, 4, 2, 3, rng)
+    report = gradcheck_layer(layer, x, h0, rng=rng, forward_kwargs={"lengths": np.array([3, 2])})
+    assert report.ok, str(report)
+    y, _ = layer(x, h0, lengths=np.array([3, 2]))
+    assert np.all(y[:, 3:] == 0) and np.all(y[1, 2:] == 0)

@@ -63,19 +63,24 @@ def sample_next(logits, settings: SampleSettings, rng: np.random.Generator) -> n
     """One token per row of ``logits (B, V)``: ``(B,)`` int64.
 
     Inverse-CDF sampling: a uniform draw ``u`` per row picks the first token whose cumulative
-    probability exceeds ``u``."""
+    probability exceeds ``u``. At batch 1 without top-k/top-p, numba's one-pass ``sample_row``
+    does it when numba is installed; it sums in another order, so where ``u`` falls within
+    rounding of a boundary it can pick the neighbouring token: the same seed gives the same text
+    on one installation, not always across installations with and without numba."""
     logits = to_numpy(logits)
     if settings.greedy:
         return np.argmax(logits, axis=-1).astype(np.int64)
     if (logits.shape[0] == 1 and fused.available() and settings.top_k == 0
             and settings.top_p == 1.0):                        # batch 1, no filter: one pass
         u = rng.random(1)
-        return np.array([fused.sample_row(logits[0], 1.0 / settings.temperature, u[0])])
+        return np.array([fused.sample_row(logits[0], 1.0 / settings.temperature, u[0])],
+                        dtype=np.int64)
     cdf = np.cumsum(next_token_probs(logits, settings), axis=-1)
     B, V = cdf.shape
     u = rng.random(B) * cdf[:, -1]
     if B == 1:                                                 # the common case, kept cheap
-        return np.array([min(int(np.searchsorted(cdf[0], u[0], side="right")), V - 1)])
+        return np.array([min(int(np.searchsorted(cdf[0], u[0], side="right")), V - 1)],
+                        dtype=np.int64)
     return np.minimum((cdf <= u[:, None]).sum(axis=-1), V - 1).astype(np.int64)
 
 

@@ -135,7 +135,8 @@ class Stepper:
     - the first layer's input projection of every vocabulary entry, ``E W_ih^T (V, G)``, is
       computed once, so that a step starts with a row lookup instead of a matrix product;
     - every later layer does one matrix product, ``[x, h] [W_ih, W_hh]^T``: its input and its
-      state sit side by side in one buffer ``xh (B, D + H)``;
+      state sit side by side in one buffer ``xh (B, D + H)`` (a GRU layer adds a second,
+      ``h W_hn^T``, which its candidate needs apart);
     - at batch 1 the weights are kept output-major, ``(G, K)``, so that each product is a
       matrix-vector product in the layout BLAS streams fastest (2x the other way here);
     - the buffers are time-major as the cells' kernels want them (a state is ``(2, B, H)``, slot
@@ -172,12 +173,12 @@ class Stepper:
             self._rn.append(xp.empty((batch_size, H), dtype=dt))
             tmp[0][...] = 0
         self._Wd = self._weight(model.decoder.weight.T)                   # (H, V) or (V, H)
-        self._bd = model.decoder.bias
+        self._bd = None if model.decoder.bias is None else model.decoder.bias.copy()
 
     def _weight(self, WT):
-        """``W^T (K, G)`` stored for ``_mul``: as ``(G, K)`` at batch 1, else as it is."""
+        """A copy of ``W^T (K, G)`` stored for ``_mul``: as ``(G, K)`` at batch 1, else as it is."""
         xp = self.model.xp
-        return xp.ascontiguousarray(WT.T if self._vec else WT)
+        return xp.array(WT.T if self._vec else WT, order="C")
 
     def _mul(self, W, x, out):
         """``out (B, G) = x (B, K) W^T`` for a weight stored by ``_weight``."""
@@ -210,8 +211,7 @@ class Stepper:
                 self._xh[k][:, -h.shape[1]:] = h                   # this layer's next state
             for Sj in S:
                 Sj[0] = Sj[1]                                      # the new state becomes the old
-        logits = xp.empty((B, self._bd.shape[0] if self._bd is not None else
-                           self.model.config.vocab_size), dtype=h.dtype)
+        logits = xp.empty((B, self.model.config.vocab_size), dtype=h.dtype)
         self._mul(self._Wd, h, logits)                             # (B, V)
         if self._bd is not None:
             logits += self._bd

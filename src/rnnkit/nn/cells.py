@@ -65,6 +65,7 @@ def _kernel_module(kernels: str, xp):
     from . import fused_cuda  # noqa: PLC0415 - only on the GPU path
     return fused_cuda
 
+
 def _transposed(W):
     """A C-contiguous copy of ``W.T``. For NumPy, copied in blocks of rows: 5-10x faster than
     ``np.ascontiguousarray(W.T)``, whose element-by-element walk misses the cache at every
@@ -111,6 +112,14 @@ class _Cell(Module):
         """Row permutation from PyTorch's gate order to the fused order (None: the same)."""
         return None
 
+    @property
+    def _perm(self):
+        """``_order()`` as an index array on the layer's device, made once."""
+        if not hasattr(self, "_perm_cache"):
+            order = self._order()
+            self._perm_cache = None if order is None else self.xp.asarray(order)
+        return self._perm_cache
+
     def fused(self) -> SimpleNamespace:
         """Weights laid out for the kernels, recomputed from the parameters (cheap: O(G*(D+H))).
 
@@ -121,7 +130,7 @@ class _Cell(Module):
         recurrent bias of the candidate (empty for the other cells).
         """
         xp, H, G = self.xp, self.hidden_size, self.gates * self.hidden_size
-        order = self._order()
+        order = self._perm
         Wih, Whh = self.weight_ih, self.weight_hh
         if order is not None:
             Wih, Whh = Wih[order], Whh[order]
@@ -136,14 +145,14 @@ class _Cell(Module):
             if order is not None:
                 b_ih, b_hh = b_ih[order], b_hh[order]
             b = b_ih + b_hh
-            f.b_hn = self._recurrent_candidate_bias(b, b_hh)
+            f.b_hn = self._recurrent_candidate_bias(b, b_ih, b_hh)
             f.b = b * scale
         else:
             f.b = xp.zeros(G, dtype=self.dtype)
             f.b_hn = xp.zeros(H if self.gates == 3 else 0, dtype=self.dtype)
         return f
 
-    def _recurrent_candidate_bias(self, b, b_hh):
+    def _recurrent_candidate_bias(self, b, b_ih, b_hh):
         return b_hh[:0]
 
     def weight_grads(self, X, Hprev, dZ, dHn=None) -> None:
@@ -158,7 +167,7 @@ class _Cell(Module):
         (for the GRU the candidate rows of ``dW_hh`` and ``db_hh`` use ``dHn`` instead).
         """
         xp, H = self.xp, self.hidden_size
-        order = self._order()
+        order = self._perm
         g = self._grads
         dW_ih, dW_hh = (g["weight_ih"], g["weight_hh"]) if order is None else (
             xp.empty_like(g["weight_ih"]), xp.empty_like(g["weight_hh"]))
@@ -184,11 +193,31 @@ class _Cell(Module):
                 g["bias_ih"][order], g["bias_hh"][order] = db, db_hh
 
     # -- one step of the sequence loop ---------------------------------------------------------
+    # The kernel interface, shared by the three cells. Arguments:
+    #   f          the fused weights (``fused()``)
+    #   A          (T, N, G): x_t W_ih^T on entry; the activations after step_elementwise;
+    #              the gate gradients after step_backward
+    #   t, p       the step, and the slot of S holding its previous state
+    #   S          list of num_states buffers (T + 2, N, H): h (and c); step t writes slot t + 1
+    #   cache      list of cache_slots buffers (T, N, H) kept for backward
+    #   tmp        [(N, G), (N, H)] scratch; tmp[0] holds h W_hh^T during a forward step
+    #   d          list of num_states (N, H): the gradient arriving at the step's new state on
+    #              entry to step_backward, the gradient of its previous state on return
+    #   gbuf       list of grad_slots buffers (T, N, H) that weight_grads reads (GRU: dz_n * r)
+    #   b          only rows [:b] are active (sequences still running at step t)
     def step_forward(self, f, A, t, S, p, cache, tmp, b):
-        """Step ``t``: the recurrent product ``R = h W_hh^T`` into ``tmp[0]``, then the
-        elementwise work, which adds ``A[t]`` (``x W_ih^T``), ``R`` and the bias."""
+        """Step ``t``: the recurrent product ``h W_hh^T`` into ``tmp[0]``, then the
+        elementwise work, which adds ``A[t]`` (``x W_ih^T``), it and the bias."""
         self.xp.matmul(S[0][p, :b], f.WhT, out=tmp[0][:b])        # h W_hh^T
         self.step_elementwise(f, A, t, S, p, cache, tmp, b)
+
+    def step_elementwise(self, f, A, t, S, p, cache, tmp, b):  # pragma: no cover - abstract
+        """Gates, new state and cache of step ``t`` from ``A[t] + tmp[0] + bias``."""
+        raise NotImplementedError
+
+    def step_backward(self, f, A, t, S, p, cache, d, gbuf, tmp, b):  # pragma: no cover
+        """Gate gradients of step ``t`` into ``A[t]``; ``d`` moves to the previous state."""
+        raise NotImplementedError
 
     # -- buffers the kernels use ----------------------------------------------------------------
     def new_tmp(self, N: int) -> list:
@@ -270,12 +299,11 @@ class RNNCell(_Cell):
 
     def step_elementwise(self, f, A, t, S, p, cache, tmp, b):
         xp, relu = self.xp, self.nonlinearity == "relu"
-        R = tmp[0][:b]                                             # h W_hh^T
         if self.fused_kernels:
             self._k.rnn_forward(A, tmp[0], f.b, t, S[0], b, relu)
             return
-        a = A[t, :b]
-        a += R                                                     # + x W_ih^T
+        a = A[t, :b]                                               # x W_ih^T
+        a += tmp[0][:b]                                            # + h W_hh^T
         a += f.b
         if relu:
             xp.maximum(a, 0, out=a)
@@ -336,12 +364,11 @@ class LSTMCell(_Cell):
 
     def step_elementwise(self, f, A, t, S, p, cache, tmp, b):
         xp, H = self.xp, self.hidden_size
-        R = tmp[0][:b]                                             # h W_hh^T
         if self.fused_kernels:
             self._k.lstm_forward(A, tmp[0], f.b, t, S[0], S[1], p, cache[0], b)
             return
-        a = A[t, :b]                                               # (b, 4H): i f o g
-        a += R
+        a = A[t, :b]                                               # (b, 4H): i f o g, x W_ih^T
+        a += tmp[0][:b]                                            # + h W_hh^T
         a += f.b
         xp.tanh(a, out=a)
         s = a[:, : 3 * H]
@@ -409,12 +436,11 @@ class GRUCell(_Cell):
     gates, num_states, sigmoid_blocks, cache_slots, grad_slots = 3, 1, 2, 1, 1
     # cache: hn = h W_hn^T + b_hn; grad slot: dz_n * r, the candidate's recurrent gradient
 
-    def _recurrent_candidate_bias(self, b, b_hh):
+    def _recurrent_candidate_bias(self, b, b_ih, b_hh):
         # n needs h W_hn^T + b_hn apart (r multiplies it): keep b_hn out of the shared bias
         H = self.hidden_size
-        b_hn = b_hh[2 * H:].copy()
-        b[2 * H:] -= b_hn
-        return b_hn
+        b[2 * H:] = b_ih[2 * H:]
+        return b_hh[2 * H:].copy()
 
     def forward(self, x, h=None):
         """``x (N, D), h (N, H) -> h' (N, H)``."""
@@ -427,10 +453,10 @@ class GRUCell(_Cell):
 
     def step_elementwise(self, f, A, t, S, p, cache, tmp, b):
         xp, H = self.xp, self.hidden_size
-        hh, h_prev = tmp[0][:b], S[0][p, :b]                       # (b, 3H): h W_h*^T
         if self.fused_kernels:
             self._k.gru_forward(A, tmp[0], f.b, f.b_hn, t, S[0], p, cache[0], b)
             return
+        hh, h_prev = tmp[0][:b], S[0][p, :b]                       # (b, 3H): h W_h*^T
         a = A[t, :b]
         a += f.b
         rz = a[:, : 2 * H]

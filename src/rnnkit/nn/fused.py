@@ -1,4 +1,5 @@
-"""Fused elementwise kernels for the cells, compiled with numba (an optional extra).
+"""Fused elementwise kernels for the cells, compiled with numba (an optional extra), and a
+one-pass sampler for ``generate`` (``sample_row``).
 
 The NumPy kernels in ``cells.py`` make a dozen passes over each step's gate arrays, one ufunc at a
 time; these make one, over the time-major buffers described there. They compute the same
@@ -159,7 +160,10 @@ if numba is not None:
             a, r, h_out = A[t, n], R[n], Sh[t + 1, n]
             for j in range(H):
                 v = a[j] + r[j] + bias[j]
-                v = max(v, zero) if relu else ftanh(v)
+                if relu:
+                    v = v if (v > zero or v != v) else zero     # NaN passes, as np.maximum
+                else:
+                    v = ftanh(v)
                 a[j] = v
                 h_out[j] = v
 

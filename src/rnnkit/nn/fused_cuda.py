@@ -11,18 +11,11 @@ contiguous because rows are the batch and the active rows a prefix), so a kernel
 ``row * G + gate * H + unit`` offsets. Gates that end in a sigmoid arrive pre-scaled by 1/2, as
 on the CPU: ``sigmoid(z) = (1 + tanh(z / 2)) / 2``.
 
-``available()`` says whether CuPy imports and sees a GPU; the kernels compile on first use.
+The kernels compile on first use (``backend.cuda_available()`` says whether CuPy sees a GPU).
 """
 from __future__ import annotations
 
 import functools
-
-from .. import backend
-
-
-def available() -> bool:
-    return backend.cuda_available()
-
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
@@ -37,7 +30,7 @@ def _kernels():
         "lstm_forward": kernel(
             "lstm_forward", "raw T R, raw T bias, raw T c_prev, int64 H",
             "raw T a, raw T c_out, raw T h_out, raw T tc_out", f"""
-            const ptrdiff_t n = i / H, j = i % H, row = n * 4 * H;
+            const ptrdiff_t k = i / H, j = i % H, row = k * 4 * H;
             const T gi = {half} * tanh(a[row + j] + R[row + j] + bias[j]) + {half};
             const T gf = {half} * tanh(a[row + H + j] + R[row + H + j] + bias[H + j]) + {half};
             const T go = {half} * tanh(a[row + 2 * H + j] + R[row + 2 * H + j]
@@ -51,7 +44,7 @@ def _kernels():
             """),
         "lstm_backward": kernel(
             "lstm_backward", "raw T c_prev, raw T tc, raw T dh, int64 H", "raw T a, raw T dc", f"""
-            const ptrdiff_t n = i / H, j = i % H, row = n * 4 * H;
+            const ptrdiff_t k = i / H, j = i % H, row = k * 4 * H;
             const T gi = a[row + j], gf = a[row + H + j], go = a[row + 2 * H + j],
                     gg = a[row + 3 * H + j];
             const T t = tc[i], d_h = dh[i];
@@ -66,23 +59,23 @@ def _kernels():
         "gru_forward": kernel(
             "gru_forward", "raw T R, raw T bias, raw T b_hn, raw T h_prev, int64 H",
             "raw T a, raw T hn, raw T h_out", f"""
-            const ptrdiff_t n = i / H, j = i % H, row = n * 3 * H;
+            const ptrdiff_t k = i / H, j = i % H, row = k * 3 * H;
             const T r = {half} * tanh(a[row + j] + R[row + j] + bias[j]) + {half};
             const T z = {half} * tanh(a[row + H + j] + R[row + H + j] + bias[H + j]) + {half};
             const T hnj = R[row + 2 * H + j] + b_hn[j];
-            const T c = tanh(a[row + 2 * H + j] + bias[2 * H + j] + r * hnj);
-            a[row + j] = r; a[row + H + j] = z; a[row + 2 * H + j] = c;
+            const T cand = tanh(a[row + 2 * H + j] + bias[2 * H + j] + r * hnj);
+            a[row + j] = r; a[row + H + j] = z; a[row + 2 * H + j] = cand;
             hn[i] = hnj;
-            h_out[i] = c + z * (h_prev[i] - c);
+            h_out[i] = cand + z * (h_prev[i] - cand);
             """),
         "gru_backward": kernel(
             "gru_backward", "raw T h_prev, raw T hn, int64 H",
             "raw T a, raw T dh, raw T dHH, raw T dHn", f"""
-            const ptrdiff_t n = i / H, j = i % H, row = n * 3 * H;
-            const T r = a[row + j], z = a[row + H + j], c = a[row + 2 * H + j];
+            const ptrdiff_t k = i / H, j = i % H, row = k * 3 * H;
+            const T r = a[row + j], z = a[row + H + j], cand = a[row + 2 * H + j];
             const T d = dh[i];
-            const T dzn = d * ({one} - z) * ({one} - c * c);
-            const T dzz = d * (h_prev[i] - c) * z * ({one} - z);
+            const T dzn = d * ({one} - z) * ({one} - cand * cand);
+            const T dzz = d * (h_prev[i] - cand) * z * ({one} - z);
             const T dzr = dzn * hn[i] * r * ({one} - r);
             a[row + j] = dzr; a[row + H + j] = dzz; a[row + 2 * H + j] = dzn;
             dHH[row + j] = dzr; dHH[row + H + j] = dzz; dHH[row + 2 * H + j] = dzn * r;
@@ -92,7 +85,7 @@ def _kernels():
         "rnn_forward": kernel(
             "rnn_forward", "raw T R, raw T bias, int64 H, bool relu", "raw T a, raw T h_out", """
             const T v = a[i] + R[i] + bias[i % H];
-            const T h = relu ? (v > (T)0 ? v : (T)0) : tanh(v);
+            const T h = relu ? ((v > (T)0 || v != v) ? v : (T)0) : tanh(v);
             a[i] = h; h_out[i] = h;
             """),
         "rnn_backward": kernel(
