@@ -183,3 +183,24 @@ def test_zaremba_schedule_and_schedule_resume():
     p2.load_state_dict(plateau.state_dict())
     opt2.lr = opt.lr
     assert _lrs(plateau, opt, 3, [2, 2, 2]) == _lrs(p2, opt2, 3, [2, 2, 2])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_adam_one_pass_kernel_equals_the_ufuncs_to_the_bit(name, dtype, monkeypatch):
+    """With numba, Adam updates each parameter in one compiled pass; without, with ufuncs."""
+    from rnnkit.nn import fused
+    if not fused.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(3)
+    start = [rng.standard_normal((30, 7)).astype(dtype), rng.standard_normal(11).astype(dtype)]
+    runs = []
+    for use_numba in (True, False):
+        monkeypatch.setattr(fused, "available", lambda u=use_numba: u)
+        params = [p.copy() for p in start]
+        grads = [np.zeros_like(p) for p in params]
+        opt = getattr(optim, name)(params, grads, lr=1e-2, weight_decay=0.1)
+        drive(opt, grads, np.random.default_rng(4), 25)
+        runs.append(params + [a for s in opt.state for a in s.values()])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)

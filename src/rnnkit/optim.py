@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from .backend import array_module, asarray, to_numpy
+from .nn import fused
 
 
 def _nonneg(owner: str, **values) -> None:
@@ -276,6 +277,12 @@ class Adam(Optimizer):
         b1, b2 = self.betas
         m = self._buffer(s, "exp_avg", p)
         v = self._buffer(s, "exp_avg_sq", p)
+        if xp is np and fused.available() and all(a.flags.c_contiguous for a in (p, g, m, v)):
+            c = p.dtype.type                                # the ufuncs' scalars are cast so too
+            fused.adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+                              c(1 - b1), c(b2), c(1 - b2), c((1 - b2 ** t) ** 0.5), c(self.eps),
+                              c(self.lr / (1 - b1 ** t)))
+            return
         xp.subtract(g, m, out=tmp)                     # torch's lerp: m + (1 - beta1) (g - m)
         tmp *= 1 - b1
         m += tmp

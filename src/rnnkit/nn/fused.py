@@ -201,3 +201,22 @@ if numba is not None:
             if acc > target:
                 return v
         return V - 1
+
+    # -- optimiser ----------------------------------------------------------------------------------
+    _jit_exact = numba.njit(nogil=True, cache=True, error_model="numpy")   # no FMA: same bits
+
+    @_jit_exact
+    def adam_update(p, g, m, v, one_minus_b1, b2, one_minus_b2, sqrt_bc2, eps, step_size):
+        """Adam's update of one flat parameter in one pass, the operations in the order of
+        ``optim.Adam._update`` (so the numbers are the same to the bit)::
+
+            m <- m + (g - m)(1 - b1)     v <- v b2 + g^2 (1 - b2)
+            p <- p - m / (sqrt(v) / sqrt(1 - b2^t) + eps) * lr / (1 - b1^t)
+        """
+        for i in range(p.shape[0]):
+            gi = g[i]
+            mi = m[i] + (gi - m[i]) * one_minus_b1
+            vi = v[i] * b2 + (gi * gi) * one_minus_b2
+            m[i] = mi
+            v[i] = vi
+            p[i] -= mi / (np.sqrt(vi) / sqrt_bc2 + eps) * step_size
