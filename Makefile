@@ -8,10 +8,10 @@ STAMP   = $(VENV)/.rnnkit-installed
 
 .PHONY: demo test bench parity clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[progress,plot,fast,test]'
+	$(PY) -m pip install --quiet -e '.[progress,plot,fast,jieba,test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
