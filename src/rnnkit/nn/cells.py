@@ -123,8 +123,8 @@ class _Cell(Module):
     def fused(self) -> SimpleNamespace:
         """Weights laid out for the kernels, recomputed from the parameters (cheap: O(G*(D+H))).
 
-        ``WxT (D, G)`` and ``WhT (H, G)``: reordered, scaled, transposed (``WxT`` as a view), for the forward
-        products ``x W_ih^T`` and ``h W_hh^T``; ``Wx (G, D)`` and ``Wh (G, H)``: reordered and
+        ``WxT (D, G)`` and ``WhT (H, G)``: reordered, scaled, transposed (``WxT`` as a view), for
+        the forward products ``x W_ih^T`` and ``h W_hh^T``; ``Wx (G, D)`` and ``Wh (G, H)``: reordered and
         unscaled, for the backward ones ``dZ W_ih`` and ``dZ W_hh``; ``b (G,)``: the bias the
         kernels add (``b_ih + b_hh`` where the two add up, scaled); ``b_hn (H,)``: the GRU's
         recurrent bias of the candidate (empty for the other cells).
@@ -160,7 +160,7 @@ class _Cell(Module):
 
         Rows are (time, batch) pairs, ``M`` of them: ``X (M, D)`` inputs, ``Hprev (M, H)``
         previous hidden states, ``dZ (M, G)`` gradients of the gate pre-activations (fused order)
-        and, for the GRU, ``dHn (M, H)`` that of the candidate's recurrent part ``W_hn h + b_hn``::
+        and, for the GRU, ``dHn (M, H)`` that of the candidate's recurrent part ``h W_hn^T + b_hn``::
 
             dW_ih = dZ^T X     dW_hh = dZ^T Hprev     db_ih = db_hh = sum_rows dZ
 
