@@ -38,38 +38,42 @@ def machine() -> dict:
             "numba": fused.available(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
+# Each table of the report: its title, the JSON key of its rows, and (header, cell) columns.
+# The first column is left-aligned, the rest right-aligned.
+TABLES = [
+    ("Training throughput (tokens/s; ratio > 1: rnnkit faster)", "train", [
+        ("cell", "{cell}"), ("H", "{H}"), ("B", "{B}"), ("T", "{T}"),
+        ("rnnkit", "{rnnkit_tok_s:,.0f}"), ("PyTorch", "{torch_tok_s:,.0f}"),
+        ("ratio", "{ratio:.2f}x"), ("share of GEMM peak: rnnkit", "{peak_share:.0%}"),
+        ("PyTorch", "{torch_peak_share:.0%}")]),
+    ("Sampling (2 x 256 LSTM, vocabulary 65)", "sample", [
+        ("batch", "{batch}"), ("rnnkit us/step", "{rnnkit_us_per_step:.1f}"),
+        ("us/token", "{rnnkit_us_per_token:.2f}"), ("PyTorch us/step", "{torch_us_per_step:.1f}"),
+        ("ratio", "{ratio:.1f}x")]),
+    ("min-char-rnn's job (vanilla RNN, hidden 100, 25 steps, Adagrad)", "minchar", [
+        ("run", "{name}"), ("tokens/s", "{tokens_per_s:,.0f}"), ("vs min-char-rnn", "{ratio:.1f}x")]),
+    ("Peak memory of training (MB above the process before the model is built)", "memory", [
+        ("cell", "{cell}"), ("H", "{H}"), ("B", "{B}"), ("T", "{T}"),
+        ("rnnkit", "{rnnkit_step_mb:.1f}"), ("PyTorch", "{torch_step_mb:.1f}"),
+        ("rnnkit / PyTorch", "{ratio:.2f}")]),
+    ("How cost grows (LSTM LM, rnnkit)", "scaling", [
+        ("change", "{change}"), ("H", "{H}"), ("B", "{B}"), ("T", "{T}"),
+        ("us/token", "{us_per_token:.2f}"), ("vs base", "{vs_base:.2f}x"), ("GFLOP/s", "{gflops:.0f}")]),
+]
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [f"# rnnkit benchmarks ({m['date']})", "",
              f"{m['cpu']}, {m['cores']} cores; Python {m['python']}, NumPy {m['numpy']}, "
              f"PyTorch {m['torch']} (2 threads), numba kernels: {m['numba']}. "
-             f"float32 GEMM peak measured: {res['gemm_peak_gflops']:.0f} GFLOP/s.", "",
-             "## Training throughput (tokens/s; ratio > 1: rnnkit faster)", "",
-             "| cell | H | B | T | rnnkit | PyTorch | ratio | share of GEMM peak: rnnkit | PyTorch |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in res["train"]:
-        lines.append(f"| {r['cell']} | {r['H']} | {r['B']} | {r['T']} | {r['rnnkit_tok_s']:,.0f} | "
-                     f"{r['torch_tok_s']:,.0f} | {r['ratio']:.2f}x | {r['peak_share']:.0%} | "
-                     f"{r['torch_peak_share']:.0%} |")
-    lines += ["", "## Sampling (2 x 256 LSTM, vocabulary 65)", "",
-              "| batch | rnnkit us/step | us/token | PyTorch us/step | ratio |", "|---:|---:|---:|---:|---:|"]
-    for r in res["sample"]:
-        lines.append(f"| {r['batch']} | {r['rnnkit_us_per_step']:.1f} | {r['rnnkit_us_per_token']:.2f} | "
-                     f"{r['torch_us_per_step']:.1f} | {r['ratio']:.1f}x |")
-    lines += ["", "## min-char-rnn's job (vanilla RNN, hidden 100, 25 steps, Adagrad)", "",
-              "| run | tokens/s | vs min-char-rnn |", "|---|---:|---:|"]
-    for r in res["minchar"]:
-        lines.append(f"| {r['name']} | {r['tokens_per_s']:,.0f} | {r['ratio']:.1f}x |")
-    lines += ["", "## Peak memory of training (MB above the process before the model is built)", "",
-              "| cell | H | B | T | rnnkit | PyTorch | rnnkit / PyTorch |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in res["memory"]:
-        lines.append(f"| {r['cell']} | {r['H']} | {r['B']} | {r['T']} | {r['rnnkit_step_mb']:.1f} | "
-                     f"{r['torch_step_mb']:.1f} | {r['ratio']:.2f} |")
-    lines += ["", "## How cost grows (LSTM LM, rnnkit)", "",
-              "| change | H | B | T | us/token | vs base | GFLOP/s |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in res["scaling"]:
-        lines.append(f"| {r['change']} | {r['H']} | {r['B']} | {r['T']} | {r['us_per_token']:.2f} | "
-                     f"{r['vs_base']:.2f}x | {r['gflops']:.0f} |")
+             f"float32 GEMM peak measured: {res['gemm_peak_gflops']:.0f} GFLOP/s."]
+    for title, key, columns in TABLES:
+        align = ["---"] + ["---:"] * (len(columns) - 1)
+        lines += ["", f"## {title}", "", "| " + " | ".join(h for h, _ in columns) + " |",
+                  "|" + "|".join(align) + "|"]
+        lines += ["| " + " | ".join(cell.format(**r) for _, cell in columns) + " |"
+                  for r in res[key]]
     return "\n".join(lines) + "\n"
 
 
