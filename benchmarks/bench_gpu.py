@@ -2,8 +2,9 @@
 
 The language-model training step of ``bench_train.py`` (Embedding -> 2 x {LSTM, GRU, RNN} ->
 Linear -> cross-entropy -> Adam, float32) on ``device='cuda'``, against the same model in
-PyTorch on the GPU (cuDNN's fused RNNs). Both are timed alternately with the device synchronised
-around every step; the ratio of medians is what to read (> 1: rnnkit is faster).
+PyTorch on the GPU (cuDNN's fused RNNs). Both take turns in blocks of steps
+(``common.side_by_side``), the device synchronised at the end of every step; the ratio of
+medians is what to read (> 1: rnnkit is faster).
 
     python benchmarks/bench_gpu.py                        # H=512, B=64, T=100, all three cells
     python benchmarks/bench_gpu.py --cells lstm --hidden 1024
@@ -13,13 +14,10 @@ says so and exits with status 0 and no rows.
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 
 from bench_train import torch_step
-from common import finish, parser
+from common import finish, parser, side_by_side
 from rnnkit.backend import cuda_available
 from rnnkit.models.language_model import LanguageModel, LMConfig
 from rnnkit.optim import Adam
@@ -48,13 +46,8 @@ def compare(cell, V=65, E=64, H=512, L=2, B=64, T=100, reps=10, warmup=3) -> dic
     for _ in range(warmup):
         ours()
         theirs()
-    t_ours, t_theirs = [], []
-    for _ in range(reps):
-        for fn, acc in ((ours, t_ours), (theirs, t_theirs)):
-            t0 = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - t0)
-    mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
+    med = side_by_side({"ours": ours, "theirs": theirs}, rounds=reps)
+    mo, mt = med["ours"], med["theirs"]
     return {"cell": cell, "H": H, "layers": L, "B": B, "T": T, "rnnkit_ms": mo * 1e3,
             "torch_ms": mt * 1e3, "rnnkit_tok_s": B * T / mo, "torch_tok_s": B * T / mt,
             "ratio": mt / mo}

@@ -1,23 +1,22 @@
 """Training throughput, rnnkit vs PyTorch (CPU), side by side in one process.
 
 One training step of a language model: Embedding(V, E) -> num_layers x {LSTM, GRU, RNN} (H) ->
-Linear(H, V) -> cross-entropy -> Adam, on a batch of B x T random tokens, float32. The two are
-timed alternately (ours, theirs, ours, ...) so that machine noise hits both; the ratio of medians
-is what to read (> 1: rnnkit is faster).
+Linear(H, V) -> cross-entropy -> Adam, on a batch of B x T random tokens, float32. The two take
+turns in blocks of steps (``common.side_by_side``) so that machine noise hits both; the ratio of
+medians is what to read (> 1: rnnkit is faster).
 
     python benchmarks/bench_train.py                     # the core issue's configurations
     python benchmarks/bench_train.py --cells lstm --hidden 512 --batch 64 --bptt 100
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import numpy as np
 
 from rnnkit.models.language_model import LanguageModel, LMConfig
 from rnnkit.optim import Adam
-from common import finish, parser
+from common import finish, parser, side_by_side
 
 
 def rnnkit_step(cell, V, E, H, L, B, T, seed=0):
@@ -88,23 +87,21 @@ def _time(fn) -> float:
 
 
 def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_torch=True) -> dict:
+    """One configuration: ``reps`` rounds of 2 timed steps each (``common.side_by_side``)."""
     ours, _ = rnnkit_step(cell, V, E, H, L, B, T)
-    theirs = torch_step(cell, V, E, H, L, B, T) if with_torch else None
+    fns = {"ours": ours}
+    if with_torch:
+        fns["theirs"] = torch_step(cell, V, E, H, L, B, T)
     for _ in range(warmup):
-        ours()
-        if theirs:
-            theirs()
-    t_ours, t_theirs = [], []
-    for _ in range(reps):
-        t_ours.append(_time(ours))
-        if theirs:
-            t_theirs.append(_time(theirs))
-    mo = statistics.median(t_ours)
+        for fn in fns.values():
+            fn()
+    med = side_by_side(fns, rounds=reps)
+    mo = med["ours"]
     row = {"cell": cell, "H": H, "layers": L, "B": B, "T": T, "V": V, "E": E,
            "rnnkit_ms": mo * 1e3, "rnnkit_tok_s": B * T / mo,
            "rnnkit_gflops": matmul_flops(cell, V, E, H, L, B, T) / mo / 1e9}
-    if theirs:
-        mt = statistics.median(t_theirs)
+    if with_torch:
+        mt = med["theirs"]
         row.update(torch_ms=mt * 1e3, torch_tok_s=B * T / mt, ratio=mt / mo,
                    torch_gflops=matmul_flops(cell, V, E, H, L, B, T) / mt / 1e9)
     return row

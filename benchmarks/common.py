@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -18,3 +20,27 @@ def finish(rows, path):
         with open(path, "w") as f:
             json.dump(rows, f, indent=2)
     return rows
+
+
+def side_by_side(fns: dict, rounds: int = 5, steps: int = 2, warmup: int = 1) -> dict:
+    """Median seconds per call of each function in ``fns`` (name -> callable), timed in turns.
+
+    Each round gives every function a block: ``warmup`` untimed calls, then ``steps`` timed
+    ones; the order of the functions flips from round to round, so slow drifts of the machine
+    hit all of them alike. Blocks, not single calls taken in turn: a library's idle threads
+    (OpenBLAS's, PyTorch's OpenMP pool) keep spinning on the cores for a while after its last
+    call and slow down whatever runs next. Measured here, alternating single calls made
+    PyTorch's H=256 LSTM step nearly 3x slower than it runs on its own. The untimed calls absorb
+    that, as a training loop that calls one library all along never sees it."""
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            fn = fns[name]
+            for _ in range(warmup):
+                fn()
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
