@@ -12,14 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rnnkit import blas
 from rnnkit.gradcheck import relative_error
 from rnnkit.nn import fused
 from torch_reference import KINDS, build, make_inputs, reference
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden_recurrent.npz"
 TOL = {"float32": 1e-5, "float64": 1e-10}
-# both implementations of the cells' elementwise work: NumPy ufuncs, and numba when installed
+# both implementations of the cells' elementwise work: NumPy ufuncs, and numba when installed;
+# both implementations of the matrix products: NumPy's matmul, and MKL when installed
 KERNELS = ["numpy"] + (["numba"] if fused.available() else [])
+BLAS = ["numpy"] + (["mkl"] if blas.load_mkl() else [])
 
 
 def _load_golden():
@@ -42,9 +45,9 @@ def _case_id(case):
             f"-{'bf' if case['batch_first'] else 'tm'}-{case['dtype']}")
 
 
-def run_ours(case, weights, a, kernels="auto"):
+def run_ours(case, weights, a, kernels="auto", blas="auto"):
     """Our layer on ``weights`` and inputs ``a``: the same names as ``reference`` returns."""
-    layer = build(case, np.random.default_rng(0), kernels)
+    layer = build(case, np.random.default_rng(0), kernels, blas)
     layer.load_state_dict(weights)
     lstm = case["kind"] == "lstm"
     state = (a["h0"], a["c0"]) if lstm else a["h0"]
@@ -76,21 +79,22 @@ def test_golden_file_covers_every_combination():
     assert any(not c["batch_first"] for c, _ in GOLDEN_CASES)
 
 
+@pytest.mark.parametrize("blas_name", BLAS)
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("case,arrays", GOLDEN_CASES, ids=[_case_id(c) for c, _ in GOLDEN_CASES])
-def test_golden(case, arrays, kernels):
+def test_golden(case, arrays, kernels, blas_name):
     weights = {k: v for k, v in arrays.items() if k.startswith(("weight_", "bias_"))}
     inputs = {k: arrays[k] for k in ("x", "h0", "c0", "dy", "dh_n", "dc_n", "lengths") if k in arrays}
     ref = {k: v for k, v in arrays.items() if k not in weights and k not in inputs}
-    assert_parity(run_ours(case, weights, inputs, kernels), ref, case["dtype"])
+    assert_parity(run_ours(case, weights, inputs, kernels, blas_name), ref, case["dtype"])
 
 
-LIVE = [(kind, dtype, seed, k) for kind in KINDS for dtype in ("float32", "float64")
-        for seed in (1, 2, 3) for k in KERNELS]
+LIVE = [(kind, dtype, seed, k, b) for kind in KINDS for dtype in ("float32", "float64")
+        for seed in (1, 2, 3) for k in KERNELS for b in BLAS]
 
 
-@pytest.mark.parametrize("kind,dtype,seed,kernels", LIVE)
-def test_live_parity_random_sizes(kind, dtype, seed, kernels):
+@pytest.mark.parametrize("kind,dtype,seed,kernels,blas_name", LIVE)
+def test_live_parity_random_sizes(kind, dtype, seed, kernels, blas_name):
     pytest.importorskip("torch")
     rng = np.random.default_rng(seed)
     case = dict(kind=kind, dtype=dtype, num_layers=int(rng.integers(1, 4)),
@@ -100,7 +104,8 @@ def test_live_parity_random_sizes(kind, dtype, seed, kernels):
                 H=int(rng.integers(1, 9)))
     weights = {k: v.copy() for k, v in build(case, rng).state_dict().items()}
     a = make_inputs(case, rng)
-    assert_parity(run_ours(case, weights, a, kernels), reference(case, weights, a), dtype)
+    assert_parity(run_ours(case, weights, a, kernels, blas_name), reference(case, weights, a),
+                  dtype)
 
 
 def test_our_weights_load_into_torch_and_back():

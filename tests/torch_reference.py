@@ -32,14 +32,14 @@ def golden_cases():
     return cases
 
 
-def build(case, rng, kernels="auto"):
+def build(case, rng, kernels="auto", blas="auto"):
     """Our layer for ``case``, initialised from ``rng`` (its weights are what torch loads)."""
     kind = case["kind"]
     cls = {"lstm": LSTM, "gru": GRU}.get(kind, RNN)
     kw = {"nonlinearity": kind[4:]} if kind.startswith("rnn") else {}
     return cls(case["D"], case["H"], num_layers=case["num_layers"], bias=case["bias"],
                batch_first=case["batch_first"], bidirectional=case["bidirectional"],
-               rng=rng, dtype=case["dtype"], kernels=kernels, **kw)
+               rng=rng, dtype=case["dtype"], kernels=kernels, blas=blas, **kw)
 
 
 def make_inputs(case, rng):

@@ -66,7 +66,9 @@ class LanguageModel(Module):
     (nats per token); ``backward()`` after ``loss`` fills every gradient.
     """
 
-    def __init__(self, config: LMConfig, *, rng=None, device: str = "cpu"):
+    def __init__(self, config: LMConfig, *, rng=None, device: str = "cpu", blas: str = "auto"):
+        """``blas``: which library does the matrix products (``rnnkit.blas``: ``auto`` takes MKL
+        when it is installed); a choice of speed, not part of the model, so not in ``config``."""
         super().__init__(config.dtype, device)
         rng = np.random.default_rng() if rng is None else rng
         c = self.config = config
@@ -76,9 +78,10 @@ class LanguageModel(Module):
         self.drop_in = self.add_module("drop_in", Dropout(c.dropout, rng=rng, **kw))
         self.rnn = self.add_module("rnn", CELLS[c.cell](
             c.embedding_size, c.hidden_size, c.num_layers, dropout=c.dropout if c.num_layers > 1
-            else 0.0, stateful=True, rng=rng, **kw))
+            else 0.0, stateful=True, rng=rng, blas=blas, **kw))
         self.drop_out = self.add_module("drop_out", Dropout(c.dropout, rng=rng, **kw))
-        self.decoder = self.add_module("decoder", Linear(c.hidden_size, c.vocab_size, rng=rng, **kw))
+        self.decoder = self.add_module("decoder", Linear(c.hidden_size, c.vocab_size, rng=rng,
+                                                         blas=blas, **kw))
         if c.tie_weights:
             # the decoder multiplies by the embedding matrix itself; its gradient is added to
             # the embedding's in backward, and the parameter is listed once

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from .. import blas as _blas
 from .module import Module
 
 
@@ -33,9 +34,10 @@ class Linear(Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rng=None,
-                 dtype=np.float32, device: str = "cpu"):
+                 dtype=np.float32, device: str = "cpu", blas: str = "auto"):
         super().__init__(dtype, device)
         rng = _rng(rng)
+        self.blas = _blas.get_blas(blas, self.xp)                  # products: NumPy or MKL
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
         self.weight = self.add_param("weight", rng.uniform(-bound, bound, (out_features, in_features)))
@@ -49,7 +51,7 @@ class Linear(Module):
             raise ValueError(f"Linear: expected input (..., {self.in_features}), got {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)                      # (M, in)
-        y = x2 @ self.weight.T                                     # (M, out)
+        y = self.blas.matmul(x2, self.weight.T)                    # (M, out)
         if self.bias is not None:
             y += self.bias
         self._x2, self._lead = x2, lead
@@ -57,11 +59,10 @@ class Linear(Module):
 
     def backward(self, dy):
         dy2 = dy.reshape(-1, self.out_features)                   # (M, out)
-        np_ = self.xp
-        np_.matmul(dy2.T, self._x2, out=self._grads["weight"])    # dW = dY^T X
+        self.blas.matmul(dy2.T, self._x2, out=self._grads["weight"])   # dW = dY^T X
         if self.bias is not None:
             dy2.sum(axis=0, out=self._grads["bias"])              # db = sum_rows dY
-        return (dy2 @ self.weight).reshape(*self._lead, self.in_features)
+        return self.blas.matmul(dy2, self.weight).reshape(*self._lead, self.in_features)
 
 
 class Embedding(Module):

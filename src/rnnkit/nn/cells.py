@@ -26,6 +26,9 @@ Internal layout (details of speed, invisible at the API):
 - *Two implementations of the elementwise work*: the array module's ufuncs, or one fused pass
   per step: numba on the CPU (``fused.py``) when numba is installed, CuPy on the GPU
   (``fused_cuda.py``). They give the same numbers.
+- *Two implementations of the matrix products* (``rnnkit.blas``, the ``blas`` argument): the
+  array module's ``matmul``, or MKL when it is installed, with ``W_hh`` packed once per
+  sequence (``fused(rows=N)``) for the products of every step. They agree to rounding.
 
 Shapes: ``N`` batch, ``D`` input size, ``H`` hidden size, ``G`` = gates * H. A step ``t`` reads
 the previous state from slot ``p`` of ``S`` and writes the new one to slot ``t + 1``. Only the
@@ -38,6 +41,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .. import blas as _blas
 from . import fused as _fused
 from .basic import _rng
 from .module import Module
@@ -88,7 +92,8 @@ class _Cell(Module):
     grad_slots = 0            # (T, N, H) buffers backward needs besides the gate gradients
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, rng=None,
-                 dtype=np.float32, device: str = "cpu", kernels: str = "auto"):
+                 dtype=np.float32, device: str = "cpu", kernels: str = "auto",
+                 blas: str = "auto"):
         super().__init__(dtype, device)
         if input_size < 1 or hidden_size < 1:
             raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}")
@@ -96,6 +101,9 @@ class _Cell(Module):
         # or one ufunc per operation; the same numbers either way
         self._k = _kernel_module(kernels, self.xp)
         self.fused_kernels = self._k is not None
+        # the matrix products: NumPy's matmul, or MKL with packed weights (``rnnkit.blas``)
+        self.blas = _blas.get_blas(blas, self.xp)
+        self._packs = {}
         rng = _rng(rng)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         G, H = self.gates * hidden_size, hidden_size
@@ -120,14 +128,16 @@ class _Cell(Module):
             self._perm_cache = None if order is None else self.xp.asarray(order)
         return self._perm_cache
 
-    def fused(self) -> SimpleNamespace:
+    def fused(self, rows: int | None = None) -> SimpleNamespace:
         """Weights laid out for the kernels, recomputed from the parameters (cheap: O(G*(D+H))).
 
         ``WxT (D, G)`` and ``WhT (H, G)``: reordered, scaled, transposed (``WxT`` as a view), for
         the forward products ``x W_ih^T`` and ``h W_hh^T``; ``Wx (G, D)`` and ``Wh (G, H)``: reordered and
         unscaled, for the backward ones ``dZ W_ih`` and ``dZ W_hh``; ``b (G,)``: the bias the
         kernels add (``b_ih + b_hh`` where the two add up, scaled); ``b_hn (H,)``: the GRU's
-        recurrent bias of the candidate (empty for the other cells).
+        recurrent bias of the candidate (empty for the other cells). ``WhT_p`` and ``Wh_p``: the
+        right operands of the per-step products ``h W_hh^T`` and ``dZ W_hh``, packed for products
+        of ``rows`` rows when ``rows`` is given (``rnnkit.blas``), else ``WhT`` and ``Wh``.
         """
         xp, H, G = self.xp, self.hidden_size, self.gates * self.hidden_size
         order = self._perm
@@ -140,6 +150,16 @@ class _Cell(Module):
         # W_hh^T is copied, because the small per-step products run faster on a contiguous one
         f = SimpleNamespace(WxT=(Wih * scale[:, None]).T, WhT=_transposed(Whh * scale[:, None]),
                             Wx=Wih, Wh=Whh)
+        # the right operands of the per-step products: for a sequence to come, with ``rows``
+        # in a step, packed once for all its steps into buffers the cell keeps (with MKL, when
+        # the products are not small; otherwise the matrices themselves)
+        f.WhT_p, f.Wh_p = f.WhT, f.Wh
+        if rows:
+            for key in ("WhT", "Wh"):
+                p = self.blas.pack(getattr(f, key), into=self._packs.get(key), rows=rows)
+                setattr(f, key + "_p", p)
+                if p is not getattr(f, key):
+                    self._packs[key] = p
         if self.bias:
             b_ih, b_hh = self.bias_ih, self.bias_hh
             if order is not None:
@@ -171,22 +191,23 @@ class _Cell(Module):
         g = self._grads
         dW_ih, dW_hh = (g["weight_ih"], g["weight_hh"]) if order is None else (
             xp.empty_like(g["weight_ih"]), xp.empty_like(g["weight_hh"]))
-        xp.matmul(dZ.T, X, out=dW_ih)
+        mm = self.blas.matmul
+        mm(dZ.T, X, out=dW_ih)
         if dHn is None:
-            xp.matmul(dZ.T, Hprev, out=dW_hh)
+            mm(dZ.T, Hprev, out=dW_hh)
         else:
-            xp.matmul(dZ[:, :2 * H].T, Hprev, out=dW_hh[:2 * H])
-            xp.matmul(dHn.T, Hprev, out=dW_hh[2 * H:])
+            mm(dZ[:, :2 * H].T, Hprev, out=dW_hh[:2 * H])
+            mm(dHn.T, Hprev, out=dW_hh[2 * H:])
         if order is not None:
             g["weight_ih"][order] = dW_ih
             g["weight_hh"][order] = dW_hh
         if self.bias:
-            ones = xp.ones(dZ.shape[0], dtype=self.dtype)
-            db = ones @ dZ                                         # a GEMV: faster than .sum(0)
+            ones = xp.ones((1, dZ.shape[0]), dtype=self.dtype)
+            db = mm(ones, dZ)[0]                                   # a product: faster than .sum(0)
             db_hh = db
             if dHn is not None:
                 db_hh = db.copy()
-                db_hh[2 * H:] = ones @ dHn
+                db_hh[2 * H:] = mm(ones, dHn)[0]
             if order is None:
                 g["bias_ih"][...], g["bias_hh"][...] = db, db_hh
             else:
@@ -208,7 +229,7 @@ class _Cell(Module):
     def step_forward(self, f, A, t, S, p, cache, tmp, b):
         """Step ``t``: the recurrent product ``h W_hh^T`` into ``tmp[0]``, then the
         elementwise work, which adds ``A[t]`` (``x W_ih^T``), it and the bias."""
-        self.xp.matmul(S[0][p, :b], f.WhT, out=tmp[0][:b])        # h W_hh^T
+        self.blas.matmul_packed(S[0][p, :b], f.WhT_p, out=tmp[0][:b])   # h W_hh^T
         self.step_elementwise(f, A, t, S, p, cache, tmp, b)
 
     def step_elementwise(self, f, A, t, S, p, cache, tmp, b):  # pragma: no cover - abstract
@@ -250,7 +271,7 @@ class _Cell(Module):
         states_prev = self._check_step(x, state)
         N = x.shape[0]
         f = self.fused()
-        A = (x @ f.WxT)[None]                                      # (1, N, G): x W_ih^T
+        A = self.blas.matmul(x, f.WxT)[None]                       # (1, N, G): x W_ih^T
         S = [xp.empty((2, N, H), dtype=dt) for _ in range(self.num_states)]
         for Sj, s in zip(S, states_prev):
             Sj[0] = s                                              # slot 0: the previous state
@@ -271,7 +292,7 @@ class _Cell(Module):
         gbuf = [xp.empty((1, N, H), dtype=dt) for _ in range(self.grad_slots)]
         self.step_backward(f, A, 0, S, 0, cache, d, gbuf, self.new_tmp(N), N)
         self.weight_grads(x, S[0][0], A[0], gbuf[0][0] if gbuf else None)
-        return A[0] @ f.Wx, d                                      # dx = dZ W_ih
+        return self.blas.matmul(A[0], f.Wx), d                     # dx = dZ W_ih
 
 
 class RNNCell(_Cell):
@@ -323,7 +344,7 @@ class RNNCell(_Cell):
         else:
             xp.greater(dz, 0, out=dz)
             dz *= dh
-        xp.matmul(dz, f.Wh, out=dh)                                # dh = dz W_hh
+        self.blas.matmul_packed(dz, f.Wh_p, out=dh)                # dh = dz W_hh
 
 
 class LSTMCell(_Cell):
@@ -387,7 +408,7 @@ class LSTMCell(_Cell):
         dh, dc = d[0][:b], d[1][:b]
         if self.fused_kernels:
             self._k.lstm_backward(A, t, S[1], p, cache[0], d[0], d[1], b)
-            xp.matmul(A[t, :b], f.Wh, out=dh)                      # dh = dz W_hh
+            self.blas.matmul_packed(A[t, :b], f.Wh_p, out=dh)      # dh = dz W_hh
             return
         a, tc, c_prev, tt = A[t, :b], cache[0][t, :b], S[1][p, :b], tmp[1][:b]
         dz = tmp[0][:b]                                            # a is read while dz is built
@@ -413,7 +434,7 @@ class LSTMCell(_Cell):
         xp.subtract(1, tt, out=tt)
         dz[:, 3 * H:] *= tt
         a[...] = dz                                                # the gate gradients replace A[t]
-        xp.matmul(dz, f.Wh, out=dh)                                # dh = dz W_hh
+        self.blas.matmul_packed(dz, f.Wh_p, out=dh)                # dh = dz W_hh
 
 
 class GRUCell(_Cell):
@@ -509,5 +530,5 @@ class GRUCell(_Cell):
             dZ[...] = dHH
             dHH[:, 2 * H:] = dhn
         # to the previous step: dh = dh' z + d(h W_h*^T) W_hh
-        xp.matmul(dHH, f.Wh, out=tt)
+        self.blas.matmul_packed(dHH, f.Wh_p, out=tt)
         dh += tt

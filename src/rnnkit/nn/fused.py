@@ -4,7 +4,7 @@ one-pass sampler for ``generate`` (``sample_row``).
 The NumPy kernels in ``cells.py`` make a dozen passes over each step's gate arrays, one ufunc at a
 time; these make one, over the time-major buffers described there. They compute the same
 equations (see the cells' docstrings), write the same buffers, and are tested equal to the NumPy
-kernels and to PyTorch. Matrix products stay with NumPy's BLAS.
+kernels and to PyTorch. Matrix products are not here: ``rnnkit.blas`` does them.
 
 How they are made to vectorise: ``error_model='numpy'`` drops the per-division zero check, every
 inner loop runs over the features of one row, which are contiguous, and in float32 ``tanh`` is a

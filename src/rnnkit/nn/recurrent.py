@@ -13,6 +13,8 @@ whatever ``batch_first`` is, as in torch.
 How the loop is made fast, every part tested equal to stepping the cell by hand:
 - the input projection ``X W_ih^T`` of the whole sequence is one matrix product per layer;
 - the per-step kernels only do ``h W_hh^T`` and the elementwise work, into reused buffers;
+- ``W_hh`` is packed once per sequence for the per-step products when MKL does the products
+  (``rnnkit.blas``; the ``blas`` argument, passed on to the cells, says which library);
 - the weight gradients of all steps are one matrix product each (``cells._Cell.weight_grads``).
 
 Variable lengths (``lengths``, what PyTorch's PackedSequence does): the batch is sorted longest
@@ -180,10 +182,10 @@ class _Recurrent(Module):
         backward needs."""
         xp, H = self.xp, self.hidden_size
         T, N, _ = x.shape
-        f = cell.fused()
+        f = cell.fused(rows=N)
         G = f.WxT.shape[1]
         A = self._buf(key + "A", (T, N, G))                                       # pre-acts -> acts
-        xp.matmul(x.reshape(T * N, -1), f.WxT, out=A.reshape(T * N, G))         # X W_ih^T, one GEMM
+        cell.blas.matmul(x.reshape(T * N, -1), f.WxT, out=A.reshape(T * N, G))  # X W_ih^T, one GEMM
         S = [self._buf(f"{key}S{j}", (T + 2, N, H)) for j in range(cell.num_states)]
         first = T + 1 if reverse else 0
         for Sj, s0 in zip(S, init):
@@ -276,7 +278,7 @@ class _Recurrent(Module):
         Hprev = S[0][2:T + 2] if reverse else S[0][0:T]                          # (T, N, H)
         cell.weight_grads(x.reshape(M, -1), Hprev.reshape(M, H), dZ,
                           gbuf[0].reshape(M, H) if gbuf else None)
-        dx = (dZ @ f.Wx).reshape(T, N, -1)                                       # dX = dZ W_ih
+        dx = cell.blas.matmul(dZ, f.Wx).reshape(T, N, -1)                        # dX = dZ W_ih
         return dx, d
 
 

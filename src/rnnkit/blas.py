@@ -1,0 +1,250 @@
+"""The matrix-product seam: NumPy's ``matmul``, or Intel MKL's GEMM with packed weights.
+
+Almost all of a recurrent network's time goes into matrix products, and on a CPU most of that
+into the small product of every time step, ``h W_hh^T`` with ``h`` only ``(N, H)``. A general GEMM
+re-packs the whole weight matrix into its blocked layout at every call, once per time step,
+although the weights do not change within a sequence. MKL can pack a matrix once and reuse it
+(``cblas_sgemm_pack`` / ``cblas_sgemm_compute``), as oneDNN's RNN kernels (PyTorch's CPU LSTM) do.
+Measured here (2 cores, ``benchmarks/bench_gemm.py``): ``(32, 1024) x (1024, 256)``, the
+H=256 LSTM's backward step, takes about 51 us packed against 107 us in NumPy's OpenBLAS.
+
+    blas = get_blas("auto")            # MKL when the optional extra is installed, else NumPy
+    blas.matmul(a, b, out=c)           # c = a @ b for 2-D a, b (transposed views welcome)
+    Wp = blas.pack(W)                  # W (K, N) as the right operand of many products
+    blas.matmul_packed(a, Wp, out=c)   # c = a @ W
+
+``name`` is ``"numpy"`` or ``"mkl"``. The NumPy one also serves CuPy (``get_blas(..., xp=cupy)``):
+``pack`` returns the matrix itself. MKL comes from ``pip install 'rnnkit[mkl]'`` (Intel's ``mkl``
+wheel, which puts ``libmkl_rt`` in the environment's ``lib``), from a conda environment, or from
+the path in ``RNNKIT_MKL``. ``RNNKIT_BLAS=numpy`` (or ``blas="numpy"``) turns it off.
+
+MKL and NumPy's OpenBLAS give the same products up to rounding (the order of the sums), so
+results agree to float32 tolerance, not to the bit. One library should do all the products of
+a training step: each keeps its idle threads spinning for a while after a call, and they slow
+down the other's (see ``benchmarks/common.py``); so every layer of rnnkit takes its products
+from here.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import site
+import sys
+
+import numpy as np
+
+BLAS = ("auto", "numpy", "mkl")
+# Products of fewer multiply-adds (M * K * N) go to NumPy even with MKL. MKL's call costs about
+# 6 us more (measured: (25, 100) x (100, 100) in float64, 6.9 us in NumPy, 15.2 us in MKL), and
+# min-char-rnn's batch-1 step ran at half the speed through MKL. OpenBLAS runs products up to
+# this size on one thread, so no second pool of threads is woken to spin beside MKL's.
+SMALL = 1 << 18
+_ROW, _NOTRANS, _TRANS, _PACKED, _BMATRIX = 101, 111, 112, 151, 162
+
+
+class NumpyBlas:
+    """Products by the array module's own ``matmul``; ``pack`` is the identity."""
+
+    name = "numpy"
+
+    def __init__(self, xp=np):
+        self.xp = xp
+
+    def matmul(self, a, b, out=None):
+        return self.xp.matmul(a, b, out=out)
+
+    def pack(self, w, into=None, rows=None):
+        return w
+
+    def matmul_packed(self, a, w, out=None):
+        return self.xp.matmul(a, w, out=out)
+
+
+def _operand(a, itemsize):
+    """``(trans, ld, array)`` describing the 2-D ``a`` to a row-major CBLAS call, copying it
+    when its strides are neither row- nor column-major."""
+    rows, cols = a.shape
+    s0, s1 = a.strides
+    if (s1 == itemsize or cols == 1) and s0 % itemsize == 0 and s0 >= max(cols, 1) * itemsize:
+        return _NOTRANS, s0 // itemsize, a
+    if (s0 == itemsize or rows == 1) and s1 % itemsize == 0 and s1 >= max(rows, 1) * itemsize:
+        return _TRANS, s1 // itemsize, a
+    a = np.ascontiguousarray(a)
+    return _NOTRANS, max(cols, 1), a
+
+
+class Packed:
+    """A matrix ``W (K, N)`` in MKL's internal layout, ready to be the right operand."""
+
+    def __init__(self, buf, shape, dtype):
+        self.buf, self.shape, self.dtype = buf, shape, dtype     # buf: bytes, never moved
+        self.source = None                     # the matrix packed last, for the small products
+
+    @property
+    def ptr(self):
+        return self.buf.ctypes.data + (-self.buf.ctypes.data) % 64
+
+
+class MklBlas:
+    """Products by MKL's CBLAS through ctypes (the GIL is released during each call)."""
+
+    name = "mkl"
+
+    def __init__(self, lib: ctypes.CDLL, path: str):
+        self.lib, self.path, self.xp = lib, path, np
+        i, vp, sz = ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
+        self._gemm, self._compute, self._pack, self._pack_size = {}, {}, {}, {}
+        for dt, ch, fl in ((np.dtype(np.float32), "s", ctypes.c_float),
+                           (np.dtype(np.float64), "d", ctypes.c_double)):
+            g = getattr(lib, f"cblas_{ch}gemm")
+            g.argtypes, g.restype = [i, i, i, i, i, i, fl, vp, i, vp, i, fl, vp, i], None
+            c = getattr(lib, f"cblas_{ch}gemm_compute")
+            c.argtypes, c.restype = [i, i, i, i, i, i, vp, i, vp, i, fl, vp, i], None
+            p = getattr(lib, f"cblas_{ch}gemm_pack")
+            p.argtypes, p.restype = [i, i, i, i, i, i, fl, vp, i, vp], None
+            s = getattr(lib, f"cblas_{ch}gemm_pack_get_size")
+            s.argtypes, s.restype = [i, i, i, i], sz
+            self._gemm[dt], self._compute[dt], self._pack[dt], self._pack_size[dt] = g, c, p, s
+
+    def version(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        self.lib.MKL_Get_Version_String(buf, 256)
+        return buf.value.decode(errors="replace")
+
+    def _check(self, a, b, out):
+        """The dtype when MKL can take ``a @ b`` (2-D, one float dtype, a C-order ``out``)."""
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+            return None
+        dt = a.dtype
+        if a.ndim != 2 or b.ndim != 2 or b.dtype != dt or dt not in self._gemm:
+            return None
+        if a.shape[1] != b.shape[0] or 0 in a.shape or 0 in b.shape:
+            return None
+        if out is not None and (out.dtype != dt or out.shape != (a.shape[0], b.shape[1])
+                                or not _row_major(out)):
+            return None
+        return dt
+
+    def matmul(self, a, b, out=None):
+        dt = self._check(a, b, out)
+        if dt is None or a.shape[0] * a.shape[1] * b.shape[1] < SMALL:   # NumPy's, as NumPy does
+            return np.matmul(a, b, out=out)
+        (M, K), N = a.shape, b.shape[1]
+        if out is None:
+            out = np.empty((M, N), dtype=dt)
+        ta, lda, a = _operand(a, dt.itemsize)
+        tb, ldb, b = _operand(b, dt.itemsize)
+        ldc = out.strides[0] // dt.itemsize if M > 1 else max(N, 1)
+        self._gemm[dt](_ROW, ta, tb, M, N, K, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb,
+                       0.0, out.ctypes.data, ldc)
+        return out
+
+    def pack(self, w, into=None, rows=None):
+        """``w (K, N)`` (any strides) packed as the right operand of ``a @ w``. ``into``, a
+        ``Packed`` of the same shape and dtype from an earlier call, is reused (overwritten):
+        packing into memory already touched is several times faster than into fresh memory.
+        ``rows``: the rows of the ``a`` to come, when known; ``w`` itself is returned when
+        their products are small enough for NumPy (``SMALL``), or when MKL cannot take it."""
+        if not isinstance(w, np.ndarray) or w.ndim != 2 or w.dtype not in self._pack or 0 in w.shape:
+            return w
+        if rows is not None and rows * w.shape[0] * w.shape[1] < SMALL:
+            return w
+        dt = w.dtype
+        K, N = w.shape
+        tb, ldb, w = _operand(w, dt.itemsize)
+        p = into
+        if not (isinstance(p, Packed) and p.shape == (K, N) and p.dtype == dt):
+            # the packed layout does not depend on M (the rows of the products to come)
+            size = self._pack_size[dt](_BMATRIX, 1, N, K)
+            p = Packed(np.empty(size + 64, dtype=np.uint8), (K, N), dt)
+        self._pack[dt](_ROW, _BMATRIX, tb, 1, N, K, 1.0, w.ctypes.data, ldb, p.ptr)
+        p.source = w
+        return p
+
+    def matmul_packed(self, a, w, out=None):
+        if not isinstance(w, Packed):
+            return self.matmul(a, w, out=out)
+        dt = w.dtype
+        K, N = w.shape
+        if (not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[1] != K or a.dtype != dt
+                or (out is not None and (out.shape != (a.shape[0], N) or out.dtype != dt
+                                         or not _row_major(out)))):
+            raise ValueError(f"matmul_packed: cannot multiply {getattr(a, 'shape', a)} "
+                             f"{getattr(a, 'dtype', '')} by packed {w.shape} {dt}")
+        M = a.shape[0]
+        if M * K * N < SMALL:
+            return np.matmul(a, w.source, out=out)
+        if out is None:
+            out = np.empty((M, N), dtype=dt)
+        ta, lda, a = _operand(a, dt.itemsize)
+        ldc = out.strides[0] // dt.itemsize if M > 1 else max(N, 1)
+        self._compute[dt](_ROW, ta, _PACKED, M, N, K, a.ctypes.data, lda, w.ptr, N, 0.0,
+                          out.ctypes.data, ldc)
+        return out
+
+
+def _row_major(a) -> bool:
+    s = a.itemsize
+    return (a.shape[1] == 1 or a.strides[1] == s) and (a.shape[0] == 1 or
+                                                      a.strides[0] >= a.shape[1] * s)
+
+
+def _mkl_candidates():
+    env = os.environ.get("RNNKIT_MKL")
+    if env:
+        yield env
+        return
+    prefixes = [sys.prefix, getattr(site, "USER_BASE", None) or ""]
+    for pre in prefixes:
+        for pat in ("lib/libmkl_rt.so*", "lib/libmkl_rt*.dylib", "Library/bin/mkl_rt*.dll"):
+            yield from sorted(glob.glob(os.path.join(pre, pat)), reverse=True)
+    found = ctypes.util.find_library("mkl_rt")
+    if found:
+        yield found
+
+
+_MKL = {}
+
+
+def load_mkl():
+    """The MKL backend, loaded once per process, or None with the reason in ``mkl_error()``."""
+    if "lib" not in _MKL:
+        _MKL["lib"], _MKL["error"] = None, "libmkl_rt not found (pip install 'rnnkit[mkl]')"
+        for path in _mkl_candidates():
+            try:
+                _MKL["lib"] = MklBlas(ctypes.CDLL(path), path)
+                break
+            except (OSError, AttributeError) as e:
+                _MKL["error"] = f"{path}: {e}"
+    return _MKL["lib"]
+
+
+def mkl_error() -> str:
+    load_mkl()
+    return _MKL["error"]
+
+
+def get_blas(name: str = "auto", xp=np):
+    """The products for arrays of module ``xp``: ``auto`` (MKL if present on the CPU, else the
+    array module's matmul; ``RNNKIT_BLAS`` may say ``numpy`` or ``mkl``), ``numpy`` or ``mkl``."""
+    if name not in BLAS:
+        raise ValueError(f"blas must be one of {BLAS}, got {name!r}")
+    if name == "auto":
+        name = os.environ.get("RNNKIT_BLAS", "auto") or "auto"
+        if name not in BLAS:
+            raise ValueError(f"RNNKIT_BLAS must be one of {BLAS}, got {name!r}")
+    if xp is not np:
+        if name == "mkl":
+            raise ValueError("blas='mkl' needs the CPU (device='cpu')")
+        return NumpyBlas(xp)
+    if name == "numpy":
+        return _NUMPY
+    lib = load_mkl()
+    if lib is None and name == "mkl":
+        raise ValueError(f"blas='mkl' but MKL cannot be loaded: {mkl_error()}")
+    return lib or _NUMPY
+
+
+_NUMPY = NumpyBlas(np)
