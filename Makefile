@@ -11,7 +11,7 @@ STAMP   = $(VENV)/.rnnkit-installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[progress,plot,fast,jieba,test]'
+	$(PY) -m pip install --quiet -e '.[progress,plot,fast,mkl,jieba,test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
