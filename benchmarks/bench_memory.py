@@ -6,13 +6,17 @@ sides first run one step of a tiny model, so that what is paid once per process 
 compiled kernels, PyTorch's thread pools and allocator) is in the baseline, not in the figure.
 Linux resets the peak on request (``/proc/self/clear_refs``), so the import's own peak does not
 count either. What remains is what training this model needs: parameters, gradients, optimiser
-state, activations kept for backward and workspace.
+state, activations kept for backward and workspace. When rnnkit's products go to MKL, rnnkit is
+measured twice: as installed, and with NumPy's own BLAS (``RNNKIT_BLAS=numpy``). MKL allocates
+its GEMM workspace at the first large product (about 8 MB here), where OpenBLAS has allocated
+its own when NumPy loaded it, before the baseline.
 
     python benchmarks/bench_memory.py
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +39,12 @@ def build(*a):
     out = make(*a)
     return out[0] if isinstance(out, tuple) else out
 build(cell, 65, 8, 8, 2, 2, 3)()                      # warm-up: kernels compiled, pools made
+if side == "rnnkit":                                  # and one product big enough for MKL to
+    import numpy as np                                # load and start its threads (a (64, 64)
+    from rnnkit import blas                           # square: 256 KB of workspace at most)
+    sq = np.ones((64, 64), np.float32)
+    blas.get_blas().matmul(sq, sq)
+    del sq
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")                                      # reset the peak (VmHWM) to the current RSS
 before = status("VmRSS")
@@ -46,26 +56,32 @@ print(json.dumps({{"before_mb": before, "peak_mb": peak, "step_mb": peak - befor
 """
 
 
-def measure(side, cell, H, B, T) -> dict:
+def measure(side, cell, H, B, T, blas="auto") -> dict:
     code = CHILD.format(side=side, cell=cell, H=H, B=B, T=T)
     here = Path(__file__).resolve().parent             # `python -c` imports from its cwd
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=here)
+                         cwd=here, env=dict(os.environ, RNNKIT_BLAS=blas))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None):
     ap = parser(__doc__)
     args = ap.parse_args(argv)
+    from rnnkit import blas
+    mkl = blas.get_blas().name == "mkl"
     rows = []
     for cell, H, B, T in (("lstm", 256, 32, 64), ("gru", 256, 32, 64), ("rnn", 256, 32, 64),
                           ("lstm", 512, 64, 100)):
         ours, theirs = measure("rnnkit", cell, H, B, T), measure("torch", cell, H, B, T)
+        plain = measure("rnnkit", cell, H, B, T, blas="numpy") if mkl else ours
+        t = max(theirs["step_mb"], 1e-9)
         rows.append({"cell": cell, "H": H, "B": B, "T": T, "rnnkit_step_mb": ours["step_mb"],
-                     "torch_step_mb": theirs["step_mb"],
-                     "ratio": ours["step_mb"] / max(theirs["step_mb"], 1e-9)})
+                     "numpy_blas_step_mb": plain["step_mb"], "torch_step_mb": theirs["step_mb"],
+                     "ratio": ours["step_mb"] / t, "numpy_blas_ratio": plain["step_mb"] / t})
         print(f"{cell:4s} H={H} B={B} T={T}: rnnkit {ours['step_mb']:7.1f} MB | torch "
-              f"{theirs['step_mb']:7.1f} MB | rnnkit/torch {rows[-1]['ratio']:.2f}")
+              f"{theirs['step_mb']:7.1f} MB | rnnkit/torch {rows[-1]['ratio']:.2f}"
+              + (f" | on NumPy's BLAS {plain['step_mb']:7.1f} MB, "
+                 f"{rows[-1]['numpy_blas_ratio']:.2f}" if mkl else ""))
     return finish(rows, args.json)
 
 

@@ -1,9 +1,10 @@
 """Training throughput, rnnkit vs PyTorch (CPU), side by side in one process.
 
 One training step of a language model: Embedding(V, E) -> num_layers x {LSTM, GRU, RNN} (H) ->
-Linear(H, V) -> cross-entropy -> Adam, on a batch of B x T random tokens, float32. The two take
-turns in blocks of steps (``common.side_by_side``) so that machine noise hits both; the ratio of
-medians is what to read (> 1: rnnkit is faster).
+Linear(H, V) -> cross-entropy -> Adam, on a batch of B x T random tokens, float32. The libraries
+take turns in blocks of steps (``common.side_by_side``) so that machine noise hits all; the ratio
+of medians is what to read (> 1: rnnkit is faster). rnnkit runs as installed (its products by MKL
+when ``rnnkit[mkl]`` is there) and, when MKL is there, also with NumPy's own BLAS.
 
     python benchmarks/bench_train.py                     # the core issue's configurations
     python benchmarks/bench_train.py --cells lstm --hidden 512 --batch 64 --bptt 100
@@ -14,15 +15,16 @@ import time
 
 import numpy as np
 
+from rnnkit import blas
 from rnnkit.models.language_model import LanguageModel, LMConfig
 from rnnkit.optim import Adam
 from common import finish, parser, side_by_side
 
 
-def rnnkit_step(cell, V, E, H, L, B, T, seed=0):
+def rnnkit_step(cell, V, E, H, L, B, T, seed=0, blas_name="auto"):
     rng = np.random.default_rng(seed)
     model = LanguageModel(LMConfig(vocab_size=V, cell=cell, embedding_size=E, hidden_size=H,
-                                   num_layers=L, dropout=0.0), rng=rng)
+                                   num_layers=L, dropout=0.0), rng=rng, blas=blas_name)
     opt = Adam(model.params, model.grads, lr=1e-3)
     x, y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
 
@@ -88,8 +90,11 @@ def _time(fn) -> float:
 
 def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_torch=True) -> dict:
     """One configuration: ``reps`` rounds of 2 timed steps each (``common.side_by_side``)."""
-    ours, _ = rnnkit_step(cell, V, E, H, L, B, T)
+    ours, model = rnnkit_step(cell, V, E, H, L, B, T)
     fns = {"ours": ours}
+    with_numpy_blas = model.decoder.blas.name != "numpy"
+    if with_numpy_blas:
+        fns["ours_numpy"], _ = rnnkit_step(cell, V, E, H, L, B, T, blas_name="numpy")
     if with_torch:
         fns["theirs"] = torch_step(cell, V, E, H, L, B, T)
     for _ in range(warmup):
@@ -98,12 +103,21 @@ def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_tor
     med = side_by_side(fns, rounds=reps)
     mo = med["ours"]
     row = {"cell": cell, "H": H, "layers": L, "B": B, "T": T, "V": V, "E": E,
-           "rnnkit_ms": mo * 1e3, "rnnkit_tok_s": B * T / mo,
+           "blas": model.decoder.blas.name, "rnnkit_ms": mo * 1e3, "rnnkit_tok_s": B * T / mo,
            "rnnkit_gflops": matmul_flops(cell, V, E, H, L, B, T) / mo / 1e9}
+    if with_numpy_blas:
+        mn = med["ours_numpy"]
+        row.update(numpy_blas_ms=mn * 1e3, numpy_blas_tok_s=B * T / mn)
     if with_torch:
         mt = med["theirs"]
         row.update(torch_ms=mt * 1e3, torch_tok_s=B * T / mt, ratio=mt / mo,
                    torch_gflops=matmul_flops(cell, V, E, H, L, B, T) / mt / 1e9)
+        if with_numpy_blas:
+            row["numpy_blas_ratio"] = mt / row["numpy_blas_ms"] * 1e3
+    if not with_numpy_blas:                         # rnnkit ran on NumPy's BLAS: the same row
+        row.update(numpy_blas_ms=row["rnnkit_ms"], numpy_blas_tok_s=row["rnnkit_tok_s"])
+        if with_torch:
+            row["numpy_blas_ratio"] = row["ratio"]
     return row
 
 
@@ -119,7 +133,7 @@ def main(argv=None):
     torch.set_num_threads(2)
     peak = gemm_peak()
     print(f"float32 GEMM peak here: {peak / 1e9:.0f} GFLOP/s | torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads | rnnkit's products: {blas.get_blas().name}")
     rows = []
     for cell in args.cells:
         r = compare(cell, H=args.hidden, B=args.batch, T=args.bptt, reps=args.reps)
@@ -129,7 +143,9 @@ def main(argv=None):
         print(f"{cell:4s} H={r['H']} B={r['B']} T={r['T']}: rnnkit {r['rnnkit_tok_s']:8,.0f} tok/s "
               f"({r['rnnkit_ms']:6.1f} ms, {r['peak_share']:.0%} of peak) | torch "
               f"{r['torch_tok_s']:8,.0f} tok/s ({r['torch_ms']:6.1f} ms, "
-              f"{r['torch_peak_share']:.0%}) | ratio {r['ratio']:.2f}x")
+              f"{r['torch_peak_share']:.0%}) | ratio {r['ratio']:.2f}x"
+              + (f" | NumPy's BLAS: {r['numpy_blas_tok_s']:8,.0f} tok/s, ratio "
+                 f"{r['numpy_blas_ratio']:.2f}x" if r["blas"] != "numpy" else ""))
     return finish(rows, args.json)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+import bench_gemm
 import bench_memory
 import bench_minchar
 import bench_sample
@@ -26,6 +27,7 @@ OUT = Path(__file__).resolve().parent / "results"
 
 def machine() -> dict:
     import torch
+    from rnnkit import blas
     from rnnkit.nn import fused
     cpu = platform.processor() or platform.machine()
     try:
@@ -35,7 +37,9 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "torch": torch.__version__,
-            "numba": fused.available(), "date": time.strftime("%Y-%m-%d %H:%M")}
+            "numba": fused.available(), "blas": blas.get_blas().name,
+            "mkl": blas.load_mkl().version() if blas.load_mkl() else "not installed",
+            "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 # Each table of the report: its title, the JSON key of its rows, and (header, cell) columns.
@@ -44,8 +48,13 @@ TABLES = [
     ("Training throughput (tokens/s; ratio > 1: rnnkit faster)", "train", [
         ("cell", "{cell}"), ("H", "{H}"), ("B", "{B}"), ("T", "{T}"),
         ("rnnkit", "{rnnkit_tok_s:,.0f}"), ("PyTorch", "{torch_tok_s:,.0f}"),
-        ("ratio", "{ratio:.2f}x"), ("share of GEMM peak: rnnkit", "{peak_share:.0%}"),
+        ("ratio", "{ratio:.2f}x"), ("rnnkit on NumPy's BLAS", "{numpy_blas_tok_s:,.0f}"),
+        ("ratio", "{numpy_blas_ratio:.2f}x"), ("share of GEMM peak: rnnkit", "{peak_share:.0%}"),
         ("PyTorch", "{torch_peak_share:.0%}")]),
+    ("One time step's matrix product (microseconds; speed-up of MKL packed over NumPy)", "gemm", [
+        ("product", "{product}"), ("M", "{M}"), ("K", "{K}"), ("N", "{N}"),
+        ("NumPy", "{numpy_us:.1f}"), ("MKL", "{mkl_us:.1f}"), ("MKL packed", "{mkl_packed_us:.1f}"),
+        ("speed-up", "{speedup:.2f}x")]),
     ("Sampling (2 x 256 LSTM, vocabulary 65)", "sample", [
         ("batch", "{batch}"), ("rnnkit us/step", "{rnnkit_us_per_step:.1f}"),
         ("us/token", "{rnnkit_us_per_token:.2f}"), ("PyTorch us/step", "{torch_us_per_step:.1f}"),
@@ -55,20 +64,29 @@ TABLES = [
     ("Peak memory of training (MB above the process before the model is built)", "memory", [
         ("cell", "{cell}"), ("H", "{H}"), ("B", "{B}"), ("T", "{T}"),
         ("rnnkit", "{rnnkit_step_mb:.1f}"), ("PyTorch", "{torch_step_mb:.1f}"),
-        ("rnnkit / PyTorch", "{ratio:.2f}")]),
+        ("rnnkit / PyTorch", "{ratio:.2f}"), ("rnnkit on NumPy's BLAS", "{numpy_blas_step_mb:.1f}"),
+        ("/ PyTorch", "{numpy_blas_ratio:.2f}")]),
     ("How cost grows (LSTM LM, rnnkit)", "scaling", [
         ("change", "{change}"), ("H", "{H}"), ("B", "{B}"), ("T", "{T}"),
         ("us/token", "{us_per_token:.2f}"), ("vs base", "{vs_base:.2f}x"), ("GFLOP/s", "{gflops:.0f}")]),
 ]
 
 
+def blas_is_mkl() -> bool:
+    from rnnkit import blas
+    return blas.load_mkl() is not None
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [f"# rnnkit benchmarks ({m['date']})", "",
              f"{m['cpu']}, {m['cores']} cores; Python {m['python']}, NumPy {m['numpy']}, "
-             f"PyTorch {m['torch']} (2 threads), numba kernels: {m['numba']}. "
+             f"PyTorch {m['torch']} (2 threads), numba kernels: {m['numba']}; rnnkit's "
+             f"matrix products: {m['blas']} ({m['mkl']}). "
              f"float32 GEMM peak measured: {res['gemm_peak_gflops']:.0f} GFLOP/s."]
     for title, key, columns in TABLES:
+        if not res.get(key):
+            continue
         align = ["---"] + ["---:"] * (len(columns) - 1)
         lines += ["", f"## {title}", "", "| " + " | ".join(h for h, _ in columns) + " |",
                   "|" + "|".join(align) + "|"]
@@ -90,6 +108,8 @@ def main():
             r["torch_peak_share"] = r["torch_gflops"] / res["gemm_peak_gflops"]
             res["train"].append(r)
             print(f"{cell} H={H}: ratio {r['ratio']:.2f}x, {r['peak_share']:.0%} of peak")
+    print("== one step's matrix product")
+    res["gemm"] = bench_gemm.main([]) if blas_is_mkl() else []
     print("== sampling")
     res["sample"] = bench_sample.main([])
     print("== min-char-rnn")
