@@ -80,11 +80,9 @@ class Packed:
 
     def __init__(self, buf, shape, dtype):
         self.buf, self.shape, self.dtype = buf, shape, dtype     # buf: bytes, never moved
+        address = buf.ctypes.data
+        self.ptr = address + (-address) % 64                     # 64-byte aligned start
         self.source = None                     # the matrix packed last, for the small products
-
-    @property
-    def ptr(self):
-        return self.buf.ctypes.data + (-self.buf.ctypes.data) % 64
 
 
 class MklBlas:
@@ -178,8 +176,11 @@ class MklBlas:
             return np.matmul(a, w.source, out=out)
         if out is None:
             out = np.empty((M, N), dtype=dt)
-        ta, lda, a = _operand(a, dt.itemsize)
-        ldc = out.strides[0] // dt.itemsize if M > 1 else max(N, 1)
+        if a.flags.c_contiguous:                  # the per-step case: skip the general checks
+            ta, lda = _NOTRANS, K
+        else:
+            ta, lda, a = _operand(a, dt.itemsize)
+        ldc = out.strides[0] // dt.itemsize if M > 1 else N
         self._compute[dt](_ROW, ta, _PACKED, M, N, K, a.ctypes.data, lda, w.ptr, N, 0.0,
                           out.ctypes.data, ldc)
         return out
