@@ -1,5 +1,5 @@
-"""The matrix-product seam (``rnnkit.blas``): choosing a backend, and MKL's products (plain and
-with packed weights) equal to NumPy's for every memory layout the layers hand it."""
+"""The matrix-product seam (``rnnkit.blas``): choosing a backend, and MKL's products equal to
+NumPy's for every memory layout the layers hand it."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +36,7 @@ def test_numpy_backend_is_numpy(monkeypatch):
     assert b.name == "numpy"
     a = np.arange(6.0).reshape(2, 3)
     w = np.arange(12.0).reshape(3, 4)
-    assert b.pack(w) is w
-    np.testing.assert_array_equal(b.matmul_packed(a, b.pack(w)), a @ w)
+    np.testing.assert_array_equal(b.matmul(a, w), a @ w)
 
 
 def test_auto_takes_mkl_when_it_loads(monkeypatch):
@@ -129,41 +128,6 @@ def test_mkl_leaves_what_it_cannot_take_to_numpy(small):
         MKL.matmul(a32, a32)                                        # shapes: NumPy's error
 
 
-@needs_mkl
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_packed_products_equal_plain_ones_for_any_rows(dtype, small):
-    rng = np.random.default_rng(1)
-    K, N = 48, 80
-    w = rng.standard_normal((K, N)).astype(dtype)
-    for w_view in (w, np.ascontiguousarray(w.T).T):                  # packed from either layout
-        p = MKL.pack(w_view)
-        for M in (1, 3, 32, 100):
-            a = rng.standard_normal((M, K)).astype(dtype)
-            close(MKL.matmul_packed(a, p), a @ w)
-            out = np.empty((M, N), dtype)
-            assert MKL.matmul_packed(a[:M], p, out=out) is out
-            close(out, a @ w)
-            close(MKL.matmul_packed(np.ascontiguousarray(a.T).T, p), a @ w)
-
-
-@needs_mkl
-def test_packing_into_a_buffer_reuses_it_only_when_it_fits(small):
-    rng = np.random.default_rng(2)
-    w1, w2 = (rng.standard_normal((16, 24)).astype(np.float32) for _ in range(2))
-    p = MKL.pack(w1)
-    q = MKL.pack(w2, into=p)
-    assert q is p                                                   # same buffer, new contents
-    a = rng.standard_normal((5, 16)).astype(np.float32)
-    close(MKL.matmul_packed(a, q), a @ w2)
-    r = MKL.pack(rng.standard_normal((16, 8)).astype(np.float32), into=p)
-    assert r is not p and r.shape == (16, 8)
-    with pytest.raises(ValueError, match="cannot multiply"):
-        MKL.matmul_packed(rng.standard_normal((5, 15)).astype(np.float32), p)
-    with pytest.raises(ValueError, match="cannot multiply"):
-        MKL.matmul_packed(a.astype(np.float64), p)
-    close(MKL.matmul_packed(a, w2), a @ w2)                          # unpacked: a plain product
-
-
 # -- the layers on MKL ---------------------------------------------------------------------------
 @needs_mkl
 def test_linear_on_mkl_equals_numpy(small):
@@ -183,7 +147,7 @@ def test_linear_on_mkl_equals_numpy(small):
 @needs_mkl
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_language_model_training_step_on_mkl_equals_numpy(cell, monkeypatch, small):
-    """A whole step (with the packed per-step products) twice, so the packed buffers are reused."""
+    """Two whole steps, the second on the weights the first updated."""
     rng = np.random.default_rng(4)
     x, y = rng.integers(0, 11, (3, 7)), rng.integers(0, 11, (3, 7))
     res = {}

@@ -1,28 +1,28 @@
-"""The matrix-product seam: NumPy's ``matmul``, or Intel MKL's GEMM with packed weights.
+"""The matrix-product seam: NumPy's ``matmul``, or Intel MKL's GEMM (an optional extra).
 
-Almost all of a recurrent network's time goes into matrix products, and on a CPU most of that
-into the small product of every time step, ``h W_hh^T`` with ``h`` only ``(N, H)``. A general GEMM
-re-packs the whole weight matrix into its blocked layout at every call, once per time step,
-although the weights do not change within a sequence. MKL can pack a matrix once and reuse it
-(``cblas_sgemm_pack`` / ``cblas_sgemm_compute``), as oneDNN's RNN kernels (PyTorch's CPU LSTM) do.
-Measured here (2 cores, ``benchmarks/bench_gemm.py``): ``(32, 1024) x (1024, 256)``, the
-H=256 LSTM's backward step, takes about 51 us packed against 107 us in NumPy's OpenBLAS.
+Most of a recurrent network's time goes into matrix products, and on a CPU much of that into
+the small product of every time step, ``h W_hh^T`` with ``h`` only ``(N, H)``. MKL's GEMM runs
+those faster than NumPy's OpenBLAS: measured here (2 cores, ``benchmarks/bench_gemm.py``),
+``(32, 256) x (256, 1024)``, the H=256 LSTM's forward step, took about 62 us against 86 us.
 
     blas = get_blas("auto")            # MKL when the optional extra is installed, else NumPy
     blas.matmul(a, b, out=c)           # c = a @ b for 2-D a, b (transposed views welcome)
-    Wp = blas.pack(W)                  # W (K, N) as the right operand of many products
-    blas.matmul_packed(a, Wp, out=c)   # c = a @ W
 
-``name`` is ``"numpy"`` or ``"mkl"``. The NumPy one also serves CuPy (``get_blas(..., xp=cupy)``):
-``pack`` returns the matrix itself. MKL comes from ``pip install 'rnnkit[mkl]'`` (Intel's ``mkl``
-wheel, which puts ``libmkl_rt`` in the environment's ``lib``), from a conda environment, or from
-the path in ``RNNKIT_MKL``. ``RNNKIT_BLAS=numpy`` (or ``blas="numpy"``) turns it off.
+``name`` is ``"numpy"`` or ``"mkl"``. The NumPy one also serves CuPy (``get_blas(..., xp=cupy)``).
+MKL comes from ``pip install 'rnnkit[mkl]'`` (Intel's ``mkl`` wheel, which puts ``libmkl_rt`` in
+the environment's ``lib``), from a conda environment, or from the path in ``RNNKIT_MKL``.
+``RNNKIT_BLAS=numpy`` (or ``blas="numpy"``) turns it off. Products MKL cannot take (other
+dtypes, more than 2 dimensions, empty) and small ones (``SMALL``) go to NumPy.
 
 MKL and NumPy's OpenBLAS give the same products up to rounding (the order of the sums), so
-results agree to float32 tolerance, not to the bit. One library should do all the products of
-a training step: each keeps its idle threads spinning for a while after a call, and they slow
-down the other's (see ``benchmarks/common.py``); so every layer of rnnkit takes its products
-from here.
+results agree to float32 tolerance, not to the bit. One library should do all the large
+products of a training step: each keeps its idle threads spinning for a while after a call, and
+they slow down the other's (see ``benchmarks/common.py``); so every layer of rnnkit takes its
+products from here.
+
+MKL can also pack a matrix once and multiply by it many times (``cblas_sgemm_pack``), as
+oneDNN's RNN kernels do with ``W_hh``. Measured here, packing ``W_hh`` once per sequence made the
+LSTM layer 1.02x faster at H=256 and 1.00x at H=512, so rnnkit does not.
 """
 from __future__ import annotations
 
@@ -41,11 +41,11 @@ BLAS = ("auto", "numpy", "mkl")
 # min-char-rnn's batch-1 step ran at half the speed through MKL. OpenBLAS runs products up to
 # this size on one thread, so no second pool of threads is woken to spin beside MKL's.
 SMALL = 1 << 18
-_ROW, _NOTRANS, _TRANS, _PACKED, _BMATRIX = 101, 111, 112, 151, 162
+_ROW, _NOTRANS, _TRANS = 101, 111, 112
 
 
 class NumpyBlas:
-    """Products by the array module's own ``matmul``; ``pack`` is the identity."""
+    """Products by the array module's own ``matmul``."""
 
     name = "numpy"
 
@@ -54,12 +54,6 @@ class NumpyBlas:
 
     def matmul(self, a, b, out=None):
         return self.xp.matmul(a, b, out=out)
-
-    def pack(self, w, into=None, rows=None):
-        return w
-
-    def matmul_packed(self, a, w, out=None):
-        return self.xp.matmul(a, w, out=out)
 
 
 def _operand(a, itemsize):
@@ -75,16 +69,6 @@ def _operand(a, itemsize):
     return _NOTRANS, max(cols, 1), a
 
 
-class Packed:
-    """A matrix ``W (K, N)`` in MKL's internal layout, ready to be the right operand."""
-
-    def __init__(self, buf, shape, dtype):
-        self.buf, self.shape, self.dtype = buf, shape, dtype     # buf: bytes, never moved
-        address = buf.ctypes.data
-        self.ptr = address + (-address) % 64                     # 64-byte aligned start
-        self.source = None                     # the matrix packed last, for the small products
-
-
 class MklBlas:
     """Products by MKL's CBLAS through ctypes (the GIL is released during each call)."""
 
@@ -92,19 +76,14 @@ class MklBlas:
 
     def __init__(self, lib: ctypes.CDLL, path: str):
         self.lib, self.path, self.xp = lib, path, np
-        i, vp, sz = ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
-        self._gemm, self._compute, self._pack, self._pack_size = {}, {}, {}, {}
+        i, vp = ctypes.c_int, ctypes.c_void_p
+        self._gemm = {}
         for dt, ch, fl in ((np.dtype(np.float32), "s", ctypes.c_float),
                            (np.dtype(np.float64), "d", ctypes.c_double)):
-            g = getattr(lib, f"cblas_{ch}gemm")
-            g.argtypes, g.restype = [i, i, i, i, i, i, fl, vp, i, vp, i, fl, vp, i], None
-            c = getattr(lib, f"cblas_{ch}gemm_compute")
-            c.argtypes, c.restype = [i, i, i, i, i, i, vp, i, vp, i, fl, vp, i], None
-            p = getattr(lib, f"cblas_{ch}gemm_pack")
-            p.argtypes, p.restype = [i, i, i, i, i, i, fl, vp, i, vp], None
-            s = getattr(lib, f"cblas_{ch}gemm_pack_get_size")
-            s.argtypes, s.restype = [i, i, i, i], sz
-            self._gemm[dt], self._compute[dt], self._pack[dt], self._pack_size[dt] = g, c, p, s
+            g = getattr(lib, f"cblas_{ch}gemm")      # (layout, transa, transb, M, N, K, alpha,
+            g.argtypes = [i, i, i, i, i, i, fl, vp, i, vp, i, fl, vp, i]   # a, lda, b, ldb,
+            g.restype = None                                              # beta, c, ldc)
+            self._gemm[dt] = g
 
     def version(self) -> str:
         buf = ctypes.create_string_buffer(256)
@@ -132,57 +111,11 @@ class MklBlas:
         (M, K), N = a.shape, b.shape[1]
         if out is None:
             out = np.empty((M, N), dtype=dt)
-        ta, lda, a = _operand(a, dt.itemsize)
-        tb, ldb, b = _operand(b, dt.itemsize)
-        ldc = out.strides[0] // dt.itemsize if M > 1 else max(N, 1)
+        ta, lda, a = (_NOTRANS, K, a) if a.flags.c_contiguous else _operand(a, dt.itemsize)
+        tb, ldb, b = (_NOTRANS, N, b) if b.flags.c_contiguous else _operand(b, dt.itemsize)
+        ldc = out.strides[0] // dt.itemsize if M > 1 else N
         self._gemm[dt](_ROW, ta, tb, M, N, K, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb,
                        0.0, out.ctypes.data, ldc)
-        return out
-
-    def pack(self, w, into=None, rows=None):
-        """``w (K, N)`` (any strides) packed as the right operand of ``a @ w``. ``into``, a
-        ``Packed`` of the same shape and dtype from an earlier call, is reused (overwritten):
-        packing into memory already touched is several times faster than into fresh memory.
-        ``rows``: the rows of the ``a`` to come, when known; ``w`` itself is returned when
-        their products are small enough for NumPy (``SMALL``), or when MKL cannot take it."""
-        if not isinstance(w, np.ndarray) or w.ndim != 2 or w.dtype not in self._pack or 0 in w.shape:
-            return w
-        if rows is not None and rows * w.shape[0] * w.shape[1] < SMALL:
-            return w
-        dt = w.dtype
-        K, N = w.shape
-        tb, ldb, w = _operand(w, dt.itemsize)
-        p = into
-        if not (isinstance(p, Packed) and p.shape == (K, N) and p.dtype == dt):
-            # the packed layout does not depend on M (the rows of the products to come)
-            size = self._pack_size[dt](_BMATRIX, 1, N, K)
-            p = Packed(np.empty(size + 64, dtype=np.uint8), (K, N), dt)
-        self._pack[dt](_ROW, _BMATRIX, tb, 1, N, K, 1.0, w.ctypes.data, ldb, p.ptr)
-        p.source = w
-        return p
-
-    def matmul_packed(self, a, w, out=None):
-        if not isinstance(w, Packed):
-            return self.matmul(a, w, out=out)
-        dt = w.dtype
-        K, N = w.shape
-        if (not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[1] != K or a.dtype != dt
-                or (out is not None and (out.shape != (a.shape[0], N) or out.dtype != dt
-                                         or not _row_major(out)))):
-            raise ValueError(f"matmul_packed: cannot multiply {getattr(a, 'shape', a)} "
-                             f"{getattr(a, 'dtype', '')} by packed {w.shape} {dt}")
-        M = a.shape[0]
-        if M * K * N < SMALL:
-            return np.matmul(a, w.source, out=out)
-        if out is None:
-            out = np.empty((M, N), dtype=dt)
-        if a.flags.c_contiguous:                  # the per-step case: skip the general checks
-            ta, lda = _NOTRANS, K
-        else:
-            ta, lda, a = _operand(a, dt.itemsize)
-        ldc = out.strides[0] // dt.itemsize if M > 1 else N
-        self._compute[dt](_ROW, ta, _PACKED, M, N, K, a.ctypes.data, lda, w.ptr, N, 0.0,
-                          out.ctypes.data, ldc)
         return out
 
 

@@ -27,8 +27,7 @@ Internal layout (details of speed, invisible at the API):
   per step: numba on the CPU (``fused.py``) when numba is installed, CuPy on the GPU
   (``fused_cuda.py``). They give the same numbers.
 - *Two implementations of the matrix products* (``rnnkit.blas``, the ``blas`` argument): the
-  array module's ``matmul``, or MKL when it is installed, with ``W_hh`` packed once per
-  sequence (``fused(rows=N)``) for the products of every step. They agree to rounding.
+  array module's ``matmul``, or MKL's GEMM when it is installed. They agree to rounding.
 
 Shapes: ``N`` batch, ``D`` input size, ``H`` hidden size, ``G`` = gates * H. A step ``t`` reads
 the previous state from slot ``p`` of ``S`` and writes the new one to slot ``t + 1``. Only the
@@ -101,9 +100,8 @@ class _Cell(Module):
         # or one ufunc per operation; the same numbers either way
         self._k = _kernel_module(kernels, self.xp)
         self.fused_kernels = self._k is not None
-        # the matrix products: NumPy's matmul, or MKL with packed weights (``rnnkit.blas``)
+        # the matrix products: NumPy's matmul, or MKL's GEMM (``rnnkit.blas``)
         self.blas = _blas.get_blas(blas, self.xp)
-        self._packs = {}
         rng = _rng(rng)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         G, H = self.gates * hidden_size, hidden_size
@@ -128,16 +126,14 @@ class _Cell(Module):
             self._perm_cache = None if order is None else self.xp.asarray(order)
         return self._perm_cache
 
-    def fused(self, rows: int | None = None) -> SimpleNamespace:
+    def fused(self) -> SimpleNamespace:
         """Weights laid out for the kernels, recomputed from the parameters (cheap: O(G*(D+H))).
 
         ``WxT (D, G)`` and ``WhT (H, G)``: reordered, scaled, transposed (``WxT`` as a view), for
         the forward products ``x W_ih^T`` and ``h W_hh^T``; ``Wx (G, D)`` and ``Wh (G, H)``: reordered and
         unscaled, for the backward ones ``dZ W_ih`` and ``dZ W_hh``; ``b (G,)``: the bias the
         kernels add (``b_ih + b_hh`` where the two add up, scaled); ``b_hn (H,)``: the GRU's
-        recurrent bias of the candidate (empty for the other cells). ``WhT_p`` and ``Wh_p``: the
-        right operands of the per-step products ``h W_hh^T`` and ``dZ W_hh``, packed for products
-        of ``rows`` rows when ``rows`` is given (``rnnkit.blas``), else ``WhT`` and ``Wh``.
+        recurrent bias of the candidate (empty for the other cells).
         """
         xp, H, G = self.xp, self.hidden_size, self.gates * self.hidden_size
         order = self._perm
@@ -150,16 +146,6 @@ class _Cell(Module):
         # W_hh^T is copied, because the small per-step products run faster on a contiguous one
         f = SimpleNamespace(WxT=(Wih * scale[:, None]).T, WhT=_transposed(Whh * scale[:, None]),
                             Wx=Wih, Wh=Whh)
-        # the right operands of the per-step products: for a sequence to come, with ``rows``
-        # in a step, packed once for all its steps into buffers the cell keeps (with MKL, when
-        # the products are not small; otherwise the matrices themselves)
-        f.WhT_p, f.Wh_p = f.WhT, f.Wh
-        if rows:
-            for key in ("WhT", "Wh"):
-                p = self.blas.pack(getattr(f, key), into=self._packs.get(key), rows=rows)
-                setattr(f, key + "_p", p)
-                if p is not getattr(f, key):
-                    self._packs[key] = p
         if self.bias:
             b_ih, b_hh = self.bias_ih, self.bias_hh
             if order is not None:
@@ -229,7 +215,7 @@ class _Cell(Module):
     def step_forward(self, f, A, t, S, p, cache, tmp, b):
         """Step ``t``: the recurrent product ``h W_hh^T`` into ``tmp[0]``, then the
         elementwise work, which adds ``A[t]`` (``x W_ih^T``), it and the bias."""
-        self.blas.matmul_packed(S[0][p, :b], f.WhT_p, out=tmp[0][:b])   # h W_hh^T
+        self.blas.matmul(S[0][p, :b], f.WhT, out=tmp[0][:b])      # h W_hh^T
         self.step_elementwise(f, A, t, S, p, cache, tmp, b)
 
     def step_elementwise(self, f, A, t, S, p, cache, tmp, b):  # pragma: no cover - abstract
@@ -344,7 +330,7 @@ class RNNCell(_Cell):
         else:
             xp.greater(dz, 0, out=dz)
             dz *= dh
-        self.blas.matmul_packed(dz, f.Wh_p, out=dh)                # dh = dz W_hh
+        self.blas.matmul(dz, f.Wh, out=dh)                         # dh = dz W_hh
 
 
 class LSTMCell(_Cell):
@@ -408,7 +394,7 @@ class LSTMCell(_Cell):
         dh, dc = d[0][:b], d[1][:b]
         if self.fused_kernels:
             self._k.lstm_backward(A, t, S[1], p, cache[0], d[0], d[1], b)
-            self.blas.matmul_packed(A[t, :b], f.Wh_p, out=dh)      # dh = dz W_hh
+            self.blas.matmul(A[t, :b], f.Wh, out=dh)               # dh = dz W_hh
             return
         a, tc, c_prev, tt = A[t, :b], cache[0][t, :b], S[1][p, :b], tmp[1][:b]
         dz = tmp[0][:b]                                            # a is read while dz is built
@@ -434,7 +420,7 @@ class LSTMCell(_Cell):
         xp.subtract(1, tt, out=tt)
         dz[:, 3 * H:] *= tt
         a[...] = dz                                                # the gate gradients replace A[t]
-        self.blas.matmul_packed(dz, f.Wh_p, out=dh)                # dh = dz W_hh
+        self.blas.matmul(dz, f.Wh, out=dh)                         # dh = dz W_hh
 
 
 class GRUCell(_Cell):
@@ -530,5 +516,5 @@ class GRUCell(_Cell):
             dZ[...] = dHH
             dHH[:, 2 * H:] = dhn
         # to the previous step: dh = dh' z + d(h W_h*^T) W_hh
-        self.blas.matmul_packed(dHH, f.Wh_p, out=tt)
+        self.blas.matmul(dHH, f.Wh, out=tt)
         dh += tt

@@ -13,8 +13,8 @@ whatever ``batch_first`` is, as in torch.
 How the loop is made fast, every part tested equal to stepping the cell by hand:
 - the input projection ``X W_ih^T`` of the whole sequence is one matrix product per layer;
 - the per-step kernels only do ``h W_hh^T`` and the elementwise work, into reused buffers;
-- ``W_hh`` is packed once per sequence for the per-step products when MKL does the products
-  (``rnnkit.blas``; the ``blas`` argument, passed on to the cells, says which library);
+- the matrix products go to ``rnnkit.blas``: NumPy's ``matmul``, or MKL's GEMM when it is
+  installed (the ``blas`` argument, passed on to the cells, says which);
 - the weight gradients of all steps are one matrix product each (``cells._Cell.weight_grads``).
 
 Variable lengths (``lengths``, what PyTorch's PackedSequence does): the batch is sorted longest
@@ -182,7 +182,7 @@ class _Recurrent(Module):
         backward needs."""
         xp, H = self.xp, self.hidden_size
         T, N, _ = x.shape
-        f = cell.fused(rows=N)
+        f = cell.fused()
         G = f.WxT.shape[1]
         A = self._buf(key + "A", (T, N, G))                                       # pre-acts -> acts
         cell.blas.matmul(x.reshape(T * N, -1), f.WxT, out=A.reshape(T * N, G))  # X W_ih^T, one GEMM
