@@ -8,7 +8,7 @@ Linux resets the peak on request (``/proc/self/clear_refs``), so the import's ow
 count either. What remains is what training this model needs: parameters, gradients, optimiser
 state, activations kept for backward and workspace. When rnnkit's products go to MKL, rnnkit is
 measured twice: as installed, and with NumPy's own BLAS (``RNNKIT_BLAS=numpy``). MKL allocates
-its GEMM workspace at the first large product (about 8 MB here), where OpenBLAS has allocated
+its GEMM workspace at the first large product (about 1 MB here), where OpenBLAS has allocated
 its own when NumPy loaded it, before the baseline.
 
     python benchmarks/bench_memory.py
