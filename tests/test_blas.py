@@ -67,6 +67,9 @@ def test_bad_name_and_missing_mkl_say_why(monkeypatch, tmp_path):
     assert blas.get_blas("auto").name == "numpy"           # auto falls back quietly
     with pytest.raises(ValueError, match="blas='mkl' but MKL cannot be loaded"):
         blas.get_blas("mkl")
+    monkeypatch.setenv("RNNKIT_BLAS", "mkl")
+    with pytest.raises(ValueError, match="RNNKIT_BLAS=mkl but MKL cannot be loaded"):
+        blas.get_blas("auto")
 
 
 def test_mkl_is_for_the_cpu_only():
@@ -75,6 +78,14 @@ def test_mkl_is_for_the_cpu_only():
     with pytest.raises(ValueError, match="needs the CPU"):
         blas.get_blas("mkl", xp=FakeCupy)
     assert blas.get_blas("auto", xp=FakeCupy).name == "numpy"
+    assert blas.get_blas("auto", xp=FakeCupy).xp is FakeCupy
+
+
+def test_the_environment_variable_leaves_the_gpu_alone(monkeypatch):
+    class FakeCupy:
+        matmul = staticmethod(np.matmul)
+    monkeypatch.setenv("RNNKIT_BLAS", "mkl")
+    assert blas.get_blas("auto", xp=FakeCupy).xp is FakeCupy
 
 
 # -- MKL's products ----------------------------------------------------------------------------

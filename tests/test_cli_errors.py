@@ -413,3 +413,21 @@ def test_a_jieba_model_samples_without_jieba_unless_primed(capsys, corpus, tmp_p
         import jieba  # noqa: F401
     except ImportError:
         fails(capsys, ["sample", out, "--prime", "You are"], "jieba")
+
+
+def test_a_bad_blas_choice_in_the_environment(capsys, corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNKIT_BLAS", "openblas")
+    fails(capsys, ["train", *TINY, "--data", corpus, "--out", tmp_path / "r", "--max-steps", "1"],
+          "RNNKIT_BLAS must be one of")
+    monkeypatch.setenv("RNNKIT_BLAS", "mkl")
+    monkeypatch.setattr("rnnkit.blas._MKL", {})
+    monkeypatch.setenv("RNNKIT_MKL", str(tmp_path / "no-such-libmkl_rt.so"))
+    fails(capsys, ["train", *TINY, "--data", corpus, "--out", tmp_path / "r", "--max-steps", "1"],
+          "RNNKIT_BLAS=mkl but MKL cannot be loaded", "no-such-libmkl_rt.so")
+
+
+def test_train_says_how_it_computes(capsys, corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNKIT_BLAS", "numpy")
+    assert main(["train", *TINY, "--data", str(corpus), "--out", str(tmp_path / "r"),
+                 "--max-steps", "1"]) == 0
+    assert "| cpu: numpy products, " in capsys.readouterr().out

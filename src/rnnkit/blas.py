@@ -162,13 +162,19 @@ def mkl_error() -> str:
 
 def get_blas(name: str = "auto", xp=np):
     """The products for arrays of module ``xp``: ``auto`` (MKL if present on the CPU, else the
-    array module's matmul; ``RNNKIT_BLAS`` may say ``numpy`` or ``mkl``), ``numpy`` or ``mkl``."""
+    array module's matmul), ``numpy`` or ``mkl``. With ``auto``, the environment variable
+    ``RNNKIT_BLAS`` may choose ``numpy`` or ``mkl`` instead; it speaks of the CPU only, so a
+    layer on the GPU keeps CuPy's matmul whatever it says."""
     if name not in BLAS:
         raise ValueError(f"blas must be one of {BLAS}, got {name!r}")
+    said = f"blas={name!r}"
     if name == "auto":
         name = os.environ.get("RNNKIT_BLAS", "auto") or "auto"
         if name not in BLAS:
             raise ValueError(f"RNNKIT_BLAS must be one of {BLAS}, got {name!r}")
+        said = f"RNNKIT_BLAS={name}"
+        if xp is not np:
+            return NumpyBlas(xp)
     if xp is not np:
         if name == "mkl":
             raise ValueError("blas='mkl' needs the CPU (device='cpu')")
@@ -177,7 +183,7 @@ def get_blas(name: str = "auto", xp=np):
         return _NUMPY
     lib = load_mkl()
     if lib is None and name == "mkl":
-        raise ValueError(f"blas='mkl' but MKL cannot be loaded: {mkl_error()}")
+        raise ValueError(f"{said} but MKL cannot be loaded: {mkl_error()}")
     return lib or _NUMPY
 
 

@@ -306,7 +306,8 @@ def run(args) -> int:
     task = LMTask(model, tokenizer, train_ids, val_ids, train_cfg.batch_size, train_cfg.bptt,
                   source=run)
     print(f"model: {config.num_layers} x {config.hidden_size} {config.cell.upper()}, embedding "
-          f"{config.embedding_size}, {model.num_parameters():,} parameters | out: {out}")
+          f"{config.embedding_size}, {model.num_parameters():,} parameters | {_compute(model)} "
+          f"| out: {out}")
     if train_cfg.max_time and not run.get("data") and "max_time" not in given:
         print(f"no --data: training on the built-in corpus for {DEMO_MAX_TIME:.0f} s")
     _make_out(out)
@@ -392,6 +393,14 @@ def _same(saved, given) -> bool:
     if isinstance(given, (str, Path)) and saved is not None:
         return str(saved) == str(given) or Path(str(saved)).resolve() == Path(str(given)).resolve()
     return saved == given
+
+
+def _compute(model) -> str:
+    """How the model computes: device, the matrix products' library and the cells' kernels."""
+    cell = model.rnn.cells[0][0]
+    kernels = cell._k.__name__.rsplit(".", 1)[-1] if cell.fused_kernels else "numpy"
+    kernels = {"fused": "numba", "fused_cuda": "cupy"}.get(kernels, kernels)
+    return f"{model.device}: {cell.blas.name} products, {kernels} kernels"
 
 
 def _check_train_config(cfg: TrainConfig) -> None:
