@@ -2,6 +2,11 @@
 NumPy's for every memory layout the layers hand it."""
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -72,6 +77,15 @@ def test_bad_name_and_missing_mkl_say_why(monkeypatch, tmp_path):
         blas.get_blas("auto")
 
 
+def test_an_installed_mkl_loads():
+    """CI installs the ``mkl`` extra; if it could not be loaded, every MKL test would skip."""
+    try:
+        importlib.metadata.version("mkl")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the mkl package is not installed")
+    assert MKL is not None, blas.mkl_error()
+
+
 def test_mkl_is_for_the_cpu_only():
     class FakeCupy:                                        # any array module but NumPy
         matmul = staticmethod(np.matmul)
@@ -115,8 +129,10 @@ def test_mkl_matmul_equals_numpy(dtype, M, K, N, small):
         assert got.dtype == dtype and got.shape == (M, N), name
         close(got, want)
         out = np.full((M + 2, N + 4), np.nan, dtype)
-        res = MKL.matmul(a, b, out=out[1:M + 1, 2:N + 2])           # into part of a bigger array
-        close(res, want)
+        view = out[1:M + 1, 2:N + 2]
+        res = MKL.matmul(a, b, out=view)                            # into part of a bigger array
+        assert res is view, name
+        close(view, want)
         assert np.isnan(out[0]).all() and np.isnan(out[:, :2]).all(), "wrote outside out"
 
 
@@ -137,6 +153,62 @@ def test_mkl_leaves_what_it_cannot_take_to_numpy(small):
     close(out.T, a32 @ b)
     with pytest.raises(ValueError):
         MKL.matmul(a32, a32)                                        # shapes: NumPy's error
+
+
+@needs_mkl
+def test_mkl_keeps_numpys_contract_where_a_gemm_would_not(monkeypatch, small):
+    rng = np.random.default_rng(5)
+    a, b = (rng.standard_normal((64, 64)).astype(np.float32) for _ in range(2))
+    want = a @ b
+    a2 = a.copy()
+    close(MKL.matmul(a2, b, out=a2), want)                          # out is an input
+    b2 = b.copy()
+    close(MKL.matmul(a, b2, out=b2), want)
+    buf = np.zeros((64, 128), np.float32)
+    buf[:, :64] = a
+    close(MKL.matmul(buf[:, :64], b, out=buf[:, 32:96]), want)       # out overlaps an input
+    ro = np.zeros((64, 64), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        MKL.matmul(a, b, out=ro)
+    assert not ro.any()
+    raw = np.zeros(64 * 258 + 16, np.uint8)                          # rows not whole items apart
+    odd = np.ndarray((64, 64), np.float32, buffer=raw, strides=(258, 4))
+    close(MKL.matmul(a, b, out=odd), want)
+    class Sub(np.ndarray):
+        pass
+    assert type(MKL.matmul(a.view(Sub), b.view(Sub))) is Sub         # subclasses: NumPy's
+
+
+@needs_mkl
+def test_sizes_beyond_a_c_int_go_to_numpy(monkeypatch):
+    monkeypatch.setattr(blas, "SMALL", 0)
+    monkeypatch.setattr(blas, "_INT_MAX", 40)                       # as if 40 were 2^31 - 1
+    calls = []
+    real = MKL._gemm[np.dtype(np.float32)]
+    monkeypatch.setitem(MKL._gemm, np.dtype(np.float32), lambda *a: (calls.append(a), real(*a)))
+    rng = np.random.default_rng(6)
+    small, big = (rng.standard_normal((8, 8)).astype(np.float32),
+                  rng.standard_normal((8, 41)).astype(np.float32))
+    close(MKL.matmul(small, small), small @ small)
+    assert len(calls) == 1
+    close(MKL.matmul(small, big), small @ big)                      # N > "2^31 - 1"
+    wide = np.zeros((8, 50), np.float32)[:, :8]                     # row stride > "2^31 - 1" bytes
+    wide[...] = small
+    close(MKL.matmul(wide, small), small @ small)
+    assert len(calls) == 1
+
+
+@needs_mkl
+def test_mkl_takes_32_bit_ints_whatever_the_environment_says():
+    code = ("import numpy as np; from rnnkit import blas; blas.SMALL = 0; m = blas.load_mkl(); "
+            "a = np.arange(64 * 64, dtype=np.float32).reshape(64, 64) / 4096; "
+            "print(m.name, float(np.abs(m.matmul(a, a.T) - a @ a.T).max()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, MKL_INTERFACE_LAYER="ILP64"), timeout=60)
+    assert out.returncode == 0, out.stderr
+    name, err = out.stdout.split()
+    assert name == "mkl" and float(err) < 1e-4
 
 
 # -- the layers on MKL ---------------------------------------------------------------------------

@@ -42,6 +42,7 @@ BLAS = ("auto", "numpy", "mkl")
 # this size on one thread, so no second pool of threads is woken to spin beside MKL's.
 SMALL = 1 << 18
 _ROW, _NOTRANS, _TRANS = 101, 111, 112
+_INT_MAX = 2 ** 31 - 1          # MKL's LP64 interface: sizes and strides are C ints
 
 
 class NumpyBlas:
@@ -58,7 +59,7 @@ class NumpyBlas:
 
 def _operand(a, itemsize):
     """``(trans, ld, array)`` describing the 2-D ``a`` to a row-major CBLAS call, copying it
-    when its strides are neither row- nor column-major."""
+    when its strides are neither row- nor column-major (negative, zero, not whole items)."""
     rows, cols = a.shape
     s0, s1 = a.strides
     if (s1 == itemsize or cols == 1) and s0 % itemsize == 0 and s0 >= max(cols, 1) * itemsize:
@@ -76,6 +77,9 @@ class MklBlas:
 
     def __init__(self, lib: ctypes.CDLL, path: str):
         self.lib, self.path, self.xp = lib, path, np
+        # 32-bit ints, whatever MKL_INTERFACE_LAYER says (ILP64 would read our ints wrongly)
+        if lib.MKL_Set_Interface_Layer(0) < 0:                   # 0: MKL_INTERFACE_LP64
+            raise OSError("MKL refused its LP64 interface")
         i, vp = ctypes.c_int, ctypes.c_void_p
         self._gemm = {}
         for dt, ch, fl in ((np.dtype(np.float32), "s", ctypes.c_float),
@@ -91,16 +95,23 @@ class MklBlas:
         return buf.value.decode(errors="replace")
 
     def _check(self, a, b, out):
-        """The dtype when MKL can take ``a @ b`` (2-D, one float dtype, a C-order ``out``)."""
-        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        """The dtype when MKL can take ``a @ b`` exactly as ``np.matmul`` would: plain 2-D
+        arrays of one float dtype, sizes that fit a C int, and an ``out`` that is writable,
+        row-major and apart from both inputs (NumPy copies when they overlap; a GEMM would
+        overwrite what it is still reading)."""
+        if type(a) is not np.ndarray or type(b) is not np.ndarray:     # subclasses: NumPy's
             return None
         dt = a.dtype
         if a.ndim != 2 or b.ndim != 2 or b.dtype != dt or dt not in self._gemm:
             return None
         if a.shape[1] != b.shape[0] or 0 in a.shape or 0 in b.shape:
             return None
-        if out is not None and (out.dtype != dt or out.shape != (a.shape[0], b.shape[1])
-                                or not _row_major(out)):
+        if max(a.shape + b.shape) > _INT_MAX or max(map(abs, a.strides + b.strides)) > _INT_MAX:
+            return None
+        if out is not None and (type(out) is not np.ndarray or out.dtype != dt
+                                or out.shape != (a.shape[0], b.shape[1]) or not _row_major(out)
+                                or not out.flags.writeable or out.strides[0] > _INT_MAX
+                                or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
             return None
         return dt
 
@@ -120,17 +131,23 @@ class MklBlas:
 
 
 def _row_major(a) -> bool:
+    """Rows of contiguous items, each row a whole number of items after the last."""
     s = a.itemsize
-    return (a.shape[1] == 1 or a.strides[1] == s) and (a.shape[0] == 1 or
-                                                      a.strides[0] >= a.shape[1] * s)
+    return ((a.shape[1] == 1 or a.strides[1] == s)
+            and (a.shape[0] == 1 or (a.strides[0] % s == 0 and a.strides[0] >= a.shape[1] * s)))
 
 
 def _mkl_candidates():
+    """Where to look for ``libmkl_rt``: ``RNNKIT_MKL`` alone when set; else this environment
+    (where ``pip install mkl`` puts it), the user's site outside a virtual environment, and
+    last the system's library path."""
     env = os.environ.get("RNNKIT_MKL")
     if env:
         yield env
         return
-    prefixes = [sys.prefix, getattr(site, "USER_BASE", None) or ""]
+    prefixes = [sys.prefix]
+    if sys.prefix == sys.base_prefix and getattr(site, "USER_BASE", None):
+        prefixes.append(site.USER_BASE)
     for pre in prefixes:
         for pat in ("lib/libmkl_rt.so*", "lib/libmkl_rt*.dylib", "Library/bin/mkl_rt*.dll"):
             yield from sorted(glob.glob(os.path.join(pre, pat)), reverse=True)

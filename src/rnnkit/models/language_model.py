@@ -161,7 +161,8 @@ class Stepper:
                        for c in self.cells]
         self._tmp = [c.new_tmp(batch_size) for c in self.cells]
         self._A = [xp.empty((1, batch_size, f.WxT.shape[1]), dtype=dt) for f in self.fused]
-        self._emb_proj = model.embedding.weight @ self.fused[0].WxT      # (V, G)
+        self._blas = self.cells[0].blas                                   # the model's products
+        self._emb_proj = self._blas.matmul(model.embedding.weight, self.fused[0].WxT)   # (V, G)
         self._Wh0 = self._weight(self.fused[0].WhT)
         # layers >= 1: one product [x, h] [W_ih^T; W_hh^T] (D + H, G) into A, and R = 0; the
         # GRU's candidate needs h W_hn^T apart (r multiplies it), so its columns stay in R
@@ -188,7 +189,7 @@ class Stepper:
         if self._vec:
             self.model.xp.matmul(W, x[0], out=out[0])              # (G, K) @ (K,): a GEMV
         else:
-            self.model.xp.matmul(x, W, out=out)
+            self._blas.matmul(x, W, out=out)
 
     def step(self, ids):
         """Feed one token per stream; return the next-token logits ``(B, V)``."""
