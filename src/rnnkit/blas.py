@@ -166,6 +166,9 @@ def load_mkl():
         _MKL["lib"], _MKL["error"] = None, "libmkl_rt not found (pip install 'rnnkit[mkl]')"
         for path in _mkl_candidates():
             try:
+                if sys.platform == "win32" and os.path.isabs(path):
+                    # mkl_rt loads its other DLLs (threading, kernels) from its own folder
+                    os.add_dll_directory(os.path.dirname(path))
                 _MKL["lib"] = MklBlas(ctypes.CDLL(path), path)
                 break
             except (OSError, AttributeError) as e:
