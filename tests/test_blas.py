@@ -58,13 +58,12 @@ def test_environment_variable_chooses(monkeypatch):
         blas.get_blas("auto")
 
 
-def test_bad_name_and_missing_mkl_say_why(monkeypatch, tmp_path):
+def test_bad_name_and_missing_mkl_say_why(monkeypatch, tmp_path, fresh_mkl):
     with pytest.raises(ValueError, match="blas must be one of"):
         blas.get_blas("atlas")
     with pytest.raises(ValueError, match="blas must be one of"):
         LSTM(3, 4, blas="atlas")
-    # a fresh process whose RNNKIT_MKL names a file that is not MKL
-    monkeypatch.setattr(blas, "_MKL", {})
+    # a fresh process (fresh_mkl) whose RNNKIT_MKL names a file that is not MKL
     monkeypatch.setenv("RNNKIT_MKL", str(tmp_path / "libmkl_rt.so"))
     assert blas.load_mkl() is None
     assert "libmkl_rt.so" in blas.mkl_error()

@@ -415,12 +415,12 @@ def test_a_jieba_model_samples_without_jieba_unless_primed(capsys, corpus, tmp_p
         fails(capsys, ["sample", out, "--prime", "You are"], "jieba")
 
 
-def test_a_bad_blas_choice_in_the_environment(capsys, corpus, tmp_path, monkeypatch):
+def test_a_bad_blas_choice_in_the_environment(capsys, corpus, tmp_path, monkeypatch,
+                                               fresh_mkl):
     monkeypatch.setenv("RNNKIT_BLAS", "openblas")
     fails(capsys, ["train", *TINY, "--data", corpus, "--out", tmp_path / "r", "--max-steps", "1"],
           "RNNKIT_BLAS must be one of")
     monkeypatch.setenv("RNNKIT_BLAS", "mkl")
-    monkeypatch.setattr("rnnkit.blas._MKL", {})
     monkeypatch.setenv("RNNKIT_MKL", str(tmp_path / "no-such-libmkl_rt.so"))
     fails(capsys, ["train", *TINY, "--data", corpus, "--out", tmp_path / "r", "--max-steps", "1"],
           "RNNKIT_BLAS=mkl but MKL cannot be loaded", "no-such-libmkl_rt.so")

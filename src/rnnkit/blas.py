@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import glob
 import os
 import site
@@ -157,28 +158,28 @@ def _mkl_candidates():
         yield found
 
 
-_MKL = {}
+@functools.cache
+def _load() -> tuple:
+    """``(MklBlas or None, why not)``: MKL is a shared library, so it is loaded once per process."""
+    error = "libmkl_rt not found (pip install 'rnnkit[mkl]')"
+    for path in _mkl_candidates():
+        try:
+            if sys.platform == "win32" and os.path.isabs(path):
+                # mkl_rt loads its other DLLs (threading, kernels) from its own folder
+                os.add_dll_directory(os.path.dirname(path))
+            return MklBlas(ctypes.CDLL(path), path), ""
+        except (OSError, AttributeError) as e:
+            error = f"{path}: {e}"
+    return None, error
 
 
 def load_mkl():
-    """The MKL backend, loaded once per process, or None with the reason in ``mkl_error()``."""
-    if "lib" not in _MKL:
-        _MKL["lib"], _MKL["error"] = None, "libmkl_rt not found (pip install 'rnnkit[mkl]')"
-        for path in _mkl_candidates():
-            try:
-                if sys.platform == "win32" and os.path.isabs(path):
-                    # mkl_rt loads its other DLLs (threading, kernels) from its own folder
-                    os.add_dll_directory(os.path.dirname(path))
-                _MKL["lib"] = MklBlas(ctypes.CDLL(path), path)
-                break
-            except (OSError, AttributeError) as e:
-                _MKL["error"] = f"{path}: {e}"
-    return _MKL["lib"]
+    """The MKL backend, or None with the reason in ``mkl_error()``."""
+    return _load()[0]
 
 
 def mkl_error() -> str:
-    load_mkl()
-    return _MKL["error"]
+    return _load()[1]
 
 
 def get_blas(name: str = "auto", xp=np):
