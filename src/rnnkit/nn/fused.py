@@ -69,97 +69,140 @@ if numba is not None:
     # Every kernel takes whole time-major buffers (A (T, N, G), S (T + 2, N, H), caches
     # (T, N, H)) and the step's indices, so that numba sees C-contiguous arrays; it walks the
     # step's first ``b`` rows and, inside a row, the features, which are contiguous: a unit-stride
-    # loop it vectorises. ``R (N, G)`` is the step's recurrent product h W_hh^T, computed by BLAS
-    # just before; ``bias (G,)`` is added here rather than to all of A at once (one pass fewer).
-    # Backward kernels overwrite the step's activations in A with the gate gradients.
+    # loop it vectorises. ``R (N, gates * W)`` is the step's recurrent product h W_hh^T, computed
+    # by BLAS just before; ``bias (G,)`` is added here rather than to all of A at once (one pass
+    # fewer). Backward kernels overwrite the step's activations in A with the gate gradients.
+    #
+    # The ``*_cols`` kernels do only the hidden units ``[j0, j1)`` (every gate's columns for
+    # them), and their ``R`` holds just those units' gates, ``W = j1 - j0`` columns a gate: the
+    # threaded loop over time (``timeloop.py``) gives each thread its own units. The kernels
+    # without the suffix do all ``H`` units, for a loop over time written in Python.
 
     # -- LSTM (fused gate order i, f, o, g; i, f, o pre-scaled by 1/2) ----------------------------
     @_jit
-    def lstm_forward(A, R, bias, t, Sh, Sc, p, tc, b):
+    def lstm_forward_cols(A, R, bias, t, Sh, Sc, p, tc, b, j0, j1):
         """``A[t] <- acts(A[t] + R + bias)``; ``c = f c_prev + i g``; ``tc = tanh(c)``; ``h = o tc``."""
-        # two loops a row, each over few arrays: one loop over all seven does not vectorise
-        H = Sh.shape[2]
+        # short loops a row, each over few arrays: one loop over all seven does not vectorise
+        H, W = Sh.shape[2], j1 - j0
         half = A.dtype.type(0.5)
         for n in range(b):
             a, r = A[t, n], R[n]
-            for j in range(3 * H):
-                a[j] = half * ftanh(a[j] + r[j] + bias[j]) + half
-            for j in range(3 * H, 4 * H):
-                a[j] = ftanh(a[j] + r[j] + bias[j])
-            c_prev, c_out, h_out, tc_out = Sc[p, n], Sc[t + 1, n], Sh[t + 1, n], tc[t, n]
-            for j in range(H):
-                c = a[H + j] * c_prev[j] + a[j] * a[3 * H + j]
+            for g in range(4):
+                ag, rg, bg = a[g * H + j0:g * H + j1], r[g * W:(g + 1) * W], bias[g * H + j0:]
+                if g < 3:
+                    for j in range(W):
+                        ag[j] = half * ftanh(ag[j] + rg[j] + bg[j]) + half
+                else:
+                    for j in range(W):
+                        ag[j] = ftanh(ag[j] + rg[j] + bg[j])
+            i, f = a[j0:j1], a[H + j0:H + j1]
+            o, g = a[2 * H + j0:2 * H + j1], a[3 * H + j0:3 * H + j1]
+            c_prev, c_out = Sc[p, n, j0:j1], Sc[t + 1, n, j0:j1]
+            h_out, tc_out = Sh[t + 1, n, j0:j1], tc[t, n, j0:j1]
+            for j in range(W):
+                c = f[j] * c_prev[j] + i[j] * g[j]
                 c_out[j] = c
                 tcj = ftanh(c)
                 tc_out[j] = tcj
-                h_out[j] = a[2 * H + j] * tcj
+                h_out[j] = o[j] * tcj
+
+    @_jit
+    def lstm_forward(A, R, bias, t, Sh, Sc, p, tc, b):
+        lstm_forward_cols(A, R, bias, t, Sh, Sc, p, tc, b, 0, Sh.shape[2])
+
+    @_jit
+    def lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, j0, j1):
+        """Gate gradients (before the nonlinearities) replace ``A[t]``; ``dc <- dc' * f``."""
+        H, W = dh.shape[1], j1 - j0
+        one = A.dtype.type(1.0)
+        for n in range(b):
+            a = A[t, n]
+            i, f = a[j0:j1], a[H + j0:H + j1]
+            o, g = a[2 * H + j0:2 * H + j1], a[3 * H + j0:3 * H + j1]
+            c_prev, tcn = Sc[p, n, j0:j1], tc[t, n, j0:j1]
+            dhn, dcn = dh[n, j0:j1], dc[n, j0:j1]
+            for j in range(W):
+                ij, fj, oj, gj = i[j], f[j], o[j], g[j]
+                tcj, dhj = tcn[j], dhn[j]
+                dcj = dcn[j] + dhj * oj * (one - tcj * tcj)
+                i[j] = dcj * gj * ij * (one - ij)
+                f[j] = dcj * c_prev[j] * fj * (one - fj)
+                o[j] = dhj * tcj * oj * (one - oj)
+                g[j] = dcj * ij * (one - gj * gj)
+                dcn[j] = dcj * fj
 
     @_jit
     def lstm_backward(A, t, Sc, p, tc, dh, dc, b):
-        """Gate gradients (before the nonlinearities) replace ``A[t]``; ``dc <- dc' * f``."""
-        H = dh.shape[1]
-        one = A.dtype.type(1.0)
-        for n in range(b):
-            a, c_prev, tcn, dhn, dcn = A[t, n], Sc[p, n], tc[t, n], dh[n], dc[n]
-            for j in range(H):
-                i, f, o, g = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
-                tcj, dhj = tcn[j], dhn[j]
-                dcj = dcn[j] + dhj * o * (one - tcj * tcj)
-                a[j] = dcj * g * i * (one - i)
-                a[H + j] = dcj * c_prev[j] * f * (one - f)
-                a[2 * H + j] = dhj * tcj * o * (one - o)
-                a[3 * H + j] = dcj * i * (one - g * g)
-                dcn[j] = dcj * f
+        lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, 0, dh.shape[1])
 
     # -- GRU (gate order r, z, n; r, z pre-scaled by 1/2) ------------------------------------------
     @_jit
-    def gru_forward(A, R, bias, b_hn, t, Sh, p, hn, b):
+    def gru_forward_cols(A, R, bias, b_hn, t, Sh, p, hn, b, j0, j1):
         """``r, z = sigmoid(A + R + bias)``; ``hn = R_n + b_hn``; ``n = tanh(A_n + bias_n + r hn)``;
         ``h = n + z (h_prev - n)``; activations back into ``A[t]``."""
-        H = Sh.shape[2]
+        H, W = Sh.shape[2], j1 - j0
         half = A.dtype.type(0.5)
         for k in range(b):
-            a, rr, hn_out = A[t, k], R[k], hn[t, k]
-            for j in range(2 * H):
-                a[j] = half * ftanh(a[j] + rr[j] + bias[j]) + half
-            for j in range(H):
-                hnj = rr[2 * H + j] + b_hn[j]
+            a, rr = A[t, k], R[k]
+            for g in range(2):
+                ag, rg, bg = a[g * H + j0:g * H + j1], rr[g * W:(g + 1) * W], bias[g * H + j0:]
+                for j in range(W):
+                    ag[j] = half * ftanh(ag[j] + rg[j] + bg[j]) + half
+            r, z, n = a[j0:j1], a[H + j0:H + j1], a[2 * H + j0:2 * H + j1]
+            rn, bn, bhn, hn_out = rr[2 * W:3 * W], bias[2 * H + j0:], b_hn[j0:], hn[t, k, j0:j1]
+            for j in range(W):
+                hnj = rn[j] + bhn[j]
                 hn_out[j] = hnj
-                a[2 * H + j] = ftanh(a[2 * H + j] + bias[2 * H + j] + a[j] * hnj)
-            h_prev, h_out = Sh[p, k], Sh[t + 1, k]
-            for j in range(H):
-                n = a[2 * H + j]
-                h_out[j] = n + a[H + j] * (h_prev[j] - n)
+                n[j] = ftanh(n[j] + bn[j] + r[j] * hnj)
+            h_prev, h_out = Sh[p, k, j0:j1], Sh[t + 1, k, j0:j1]
+            for j in range(W):
+                h_out[j] = n[j] + z[j] * (h_prev[j] - n[j])
+
+    @_jit
+    def gru_forward(A, R, bias, b_hn, t, Sh, p, hn, b):
+        gru_forward_cols(A, R, bias, b_hn, t, Sh, p, hn, b, 0, Sh.shape[2])
+
+    @_jit
+    def gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, j0, j1):
+        """Input-side gradients replace ``A[t]``; recurrent-side ones go to ``dHH (N, G)``, their
+        candidate part also to ``dHn[t]``; ``dh <- dh' z``."""
+        H, W = dh.shape[1], j1 - j0
+        one = A.dtype.type(1.0)
+        for k in range(b):
+            a, dhh = A[t, k], dHH[k]
+            r, z, n = a[j0:j1], a[H + j0:H + j1], a[2 * H + j0:2 * H + j1]
+            hr, hz, hnn = dhh[j0:j1], dhh[H + j0:H + j1], dhh[2 * H + j0:2 * H + j1]
+            h_prev, hnk, dhk, dhn = Sh[p, k, j0:j1], hn[t, k, j0:j1], dh[k, j0:j1], dHn[t, k, j0:j1]
+            # two loops, each writing few arrays: one loop writing all seven does not vectorise
+            for j in range(W):
+                rj, zj, nj = r[j], z[j], n[j]
+                d = dhk[j]
+                dzn = d * (one - zj) * (one - nj * nj)
+                hz[j] = d * (h_prev[j] - nj) * zj * (one - zj)
+                hr[j] = dzn * hnk[j] * rj * (one - rj)
+                n[j] = dzn
+                dhk[j] = d * zj
+            for j in range(W):
+                v = n[j] * r[j]
+                hnn[j] = v
+                dhn[j] = v
+                r[j] = hr[j]
+                z[j] = hz[j]
 
     @_jit
     def gru_backward(A, t, Sh, p, hn, dh, dHH, dHn, b):
-        """Input-side gradients replace ``A[t]``; recurrent-side ones go to ``dHH (N, G)``, their
-        candidate part also to ``dHn[t]``; ``dh <- dh' z``."""
-        H = dh.shape[1]
-        one = A.dtype.type(1.0)
-        for k in range(b):
-            a, h_prev, hnk, dhk, dhh, dhn = A[t, k], Sh[p, k], hn[t, k], dh[k], dHH[k], dHn[t, k]
-            for j in range(H):
-                r, z, n = a[j], a[H + j], a[2 * H + j]
-                d = dhk[j]
-                dzn = d * (one - z) * (one - n * n)
-                dzz = d * (h_prev[j] - n) * z * (one - z)
-                dzr = dzn * hnk[j] * r * (one - r)
-                a[j], a[H + j], a[2 * H + j] = dzr, dzz, dzn
-                dhh[j], dhh[H + j] = dzr, dzz
-                dhh[2 * H + j] = dhn[j] = dzn * r
-                dhk[j] = d * z
+        gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, 0, dh.shape[1])
 
     # -- Elman RNN ------------------------------------------------------------------------------
     @_jit
-    def rnn_forward(A, R, bias, t, Sh, b, relu):
+    def rnn_forward_cols(A, R, bias, t, Sh, b, relu, j0, j1):
         """``h = tanh(A[t] + R + bias)`` (or relu) into ``Sh[t + 1]``, kept in ``A[t]`` too."""
-        H = Sh.shape[2]
+        W = j1 - j0
         zero = A.dtype.type(0.0)
         for n in range(b):
-            a, r, h_out = A[t, n], R[n], Sh[t + 1, n]
-            for j in range(H):
-                v = a[j] + r[j] + bias[j]
+            a, r, bb, h_out = A[t, n, j0:j1], R[n], bias[j0:], Sh[t + 1, n, j0:j1]
+            for j in range(W):
+                v = a[j] + r[j] + bb[j]
                 if relu:
                     v = v if (v > zero or v != v) else zero     # NaN passes, as np.maximum
                 else:
@@ -168,18 +211,26 @@ if numba is not None:
                 h_out[j] = v
 
     @_jit
-    def rnn_backward(A, t, dh, b, relu):
+    def rnn_forward(A, R, bias, t, Sh, b, relu):
+        rnn_forward_cols(A, R, bias, t, Sh, b, relu, 0, Sh.shape[2])
+
+    @_jit
+    def rnn_backward_cols(A, t, dh, b, relu, j0, j1):
         """``A[t] <- dh (1 - h^2)`` (relu: ``dh [h > 0]``), where ``A[t]`` held ``h``."""
-        H = dh.shape[1]
+        W = j1 - j0
         one, zero = A.dtype.type(1.0), A.dtype.type(0.0)
         for n in range(b):
-            a, dhn = A[t, n], dh[n]
-            for j in range(H):
+            a, dhn = A[t, n, j0:j1], dh[n, j0:j1]
+            for j in range(W):
                 h = a[j]
                 if relu:
                     a[j] = dhn[j] if h > zero else zero
                 else:
                     a[j] = dhn[j] * (one - h * h)
+
+    @_jit
+    def rnn_backward(A, t, dh, b, relu):
+        rnn_backward_cols(A, t, dh, b, relu, 0, dh.shape[1])
 
     # -- sampling -------------------------------------------------------------------------------
     @_jit
