@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import functools
 import glob
 import os
@@ -57,6 +58,11 @@ class NumpyBlas:
 
     def matmul(self, a, b, out=None):
         return self.xp.matmul(a, b, out=out)
+
+    def native(self):
+        """The OpenBLAS GEMM that NumPy calls, for compiled code (``NativeGemm``), or None
+        (CuPy, or a NumPy whose BLAS cannot be found)."""
+        return _numpy_openblas() if self.xp is np else None
 
 
 def _operand(a, itemsize):
@@ -90,6 +96,10 @@ class MklBlas:
             g.argtypes = [i, i, i, i, i, i, fl, vp, i, vp, i, fl, vp, i]   # a, lda, b, ldb,
             g.restype = None                                              # beta, c, ldc)
             self._gemm[dt] = g
+
+    def native(self):
+        """MKL's GEMM for compiled code (``NativeGemm``)."""
+        return NativeGemm(_address(self.lib.cblas_sgemm), _address(self.lib.cblas_dgemm), False)
 
     def version(self) -> str:
         buf = ctypes.create_string_buffer(256)
@@ -130,6 +140,53 @@ class MklBlas:
         self._gemm[dt](_ROW, ta, tb, M, N, K, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb,
                        0.0, out.ctypes.data, ldc)
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class NativeGemm:
+    """A BLAS's ``cblas_sgemm`` and ``cblas_dgemm`` for compiled code to call by address
+    (``nn/timeloop.py``), and whether its integers are 64-bit (``ilp64``)."""
+
+    sgemm: int
+    dgemm: int
+    ilp64: bool
+
+
+def _address(fn) -> int:
+    return ctypes.cast(fn, ctypes.c_void_p).value
+
+
+def _openblas_files():
+    """Shared libraries that may be NumPy's OpenBLAS: those bundled with NumPy's wheels (beside
+    the package, in ``numpy.libs`` or ``numpy/.dylibs``), then, on Linux, any BLAS that this
+    process has loaded (a NumPy built against the system's)."""
+    root = os.path.dirname(np.__file__)
+    for folder in (root + ".libs", os.path.join(root, ".dylibs"), os.path.join(root, ".libs")):
+        yield from sorted(glob.glob(os.path.join(folder, "*openblas*")))
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = {line.split()[-1] for line in maps if "blas" in line.rsplit("/", 1)[-1]}
+    except OSError:
+        loaded = set()
+    yield from sorted(p for p in loaded if os.path.isabs(p))
+
+
+@functools.cache
+def _numpy_openblas():
+    """``NativeGemm`` of NumPy's OpenBLAS, or None. NumPy's wheels carry a 64-bit-integer
+    OpenBLAS whose symbols are prefixed ``scipy_`` and suffixed ``64_``; older ones or the
+    system's are plain ``cblas_sgemm``."""
+    for path in _openblas_files():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for pre, suf, ilp64 in (("scipy_", "64_", True), ("", "64_", True), ("scipy_", "", False),
+                                ("", "", False)):
+            s, d = f"{pre}cblas_sgemm{suf}", f"{pre}cblas_dgemm{suf}"
+            if hasattr(lib, s) and hasattr(lib, d):
+                return NativeGemm(_address(getattr(lib, s)), _address(getattr(lib, d)), ilp64)
+    return None
 
 
 def _row_major(a) -> bool:

@@ -37,6 +37,7 @@ from .. import backend
 from .basic import _rng, dropout_mask
 from .cells import GRUCell, LSTMCell, RNNCell
 from .module import Module
+from .timeloop import TimeLoop
 
 
 class _Recurrent(Module):
@@ -191,13 +192,17 @@ class _Recurrent(Module):
         for Sj, s0 in zip(S, init):
             Sj[first] = 0 if s0 is None else s0
         cache = [self._buf(f"{key}C{j}", (T, N, H)) for j in range(cell.cache_slots)]
-        tmp = cell.new_tmp(N)
-        for t in (range(T - 1, -1, -1) if reverse else range(T)):
-            b, p = sizes[t], (t + 2 if reverse else t)
-            cell.step_forward(f, A, t, S, p, cache, tmp, b)
-            if b < N:                                                             # ended: carry
-                for Sj in S:
-                    Sj[t + 1, b:] = Sj[p, b:]
+        loop = TimeLoop.for_cell(cell)
+        if loop is not None:                                  # the same loop, compiled
+            loop.forward(f, A, S, cache, sizes, reverse)
+        else:
+            tmp = cell.new_tmp(N)
+            for t in (range(T - 1, -1, -1) if reverse else range(T)):
+                b, p = sizes[t], (t + 2 if reverse else t)
+                cell.step_forward(f, A, t, S, p, cache, tmp, b)
+                if b < N:                                                         # ended: carry
+                    for Sj in S:
+                        Sj[t + 1, b:] = Sj[p, b:]
         return {"cell": cell, "f": f, "A": A, "S": S, "cache": cache, "reverse": reverse,
                 "key": key}
 
@@ -263,16 +268,20 @@ class _Recurrent(Module):
                                                                            order="C")
              for s in init]                                                       # (N, H) each
         gbuf = [self._buf(f"{key}g{j}", (T, N, H)) for j in range(cell.grad_slots)]
-        tmp = cell.new_tmp(N)
-        for t in (range(T) if reverse else range(T - 1, -1, -1)):
-            b, p = sizes[t], (t + 2 if reverse else t)
-            if dout is not None:
-                d[0][:b] += dout[t, :b]
-            cell.step_backward(f, A, t, S, p, cache, d, gbuf, tmp, b)
-            if b < N:                                                             # padding
-                A[t, b:] = 0
-                for g in gbuf:
-                    g[t, b:] = 0
+        loop = TimeLoop.for_cell(cell)
+        if loop is not None:                                  # the same loop, compiled
+            loop.backward(f, A, S, cache, d, gbuf, dout, sizes, reverse)
+        else:
+            tmp = cell.new_tmp(N)
+            for t in (range(T) if reverse else range(T - 1, -1, -1)):
+                b, p = sizes[t], (t + 2 if reverse else t)
+                if dout is not None:
+                    d[0][:b] += dout[t, :b]
+                cell.step_backward(f, A, t, S, p, cache, d, gbuf, tmp, b)
+                if b < N:                                                         # padding
+                    A[t, b:] = 0
+                    for g in gbuf:
+                        g[t, b:] = 0
         M = T * N
         dZ = A.reshape(M, G)                                                     # A now holds dZ
         Hprev = S[0][2:T + 2] if reverse else S[0][0:T]                          # (T, N, H)

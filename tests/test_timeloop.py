@@ -1,0 +1,96 @@
+"""The compiled loop over time (nn/timeloop.py) against the loop written in Python.
+
+Every output, final state and gradient must equal the Python loop's, for every cell and option.
+(The gradient checks and PyTorch parity tests elsewhere run through the compiled loop too,
+wherever numba is installed.)
+"""
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+from rnnkit import blas
+from rnnkit.nn import GRU, LSTM, RNN, fused
+from rnnkit.nn.timeloop import TimeLoop
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="needs numba (rnnkit[fast])")
+
+LAYERS = {"rnn_tanh": (RNN, {}), "rnn_relu": (RNN, {"nonlinearity": "relu"}), "lstm": (LSTM, {}),
+          "gru": (GRU, {})}
+BACKENDS = ["numpy"] + (["mkl"] if blas.load_mkl() is not None else [])
+
+
+def run(layer, x, state, lengths, dout, dstate):
+    """Forward and backward once; every array that comes out, and every gradient."""
+    y, s_n = layer(x, state, lengths=lengths)
+    dx, ds0 = layer.backward(dout, dstate)
+    flat = lambda s: list(s) if isinstance(s, tuple) else [s]           # noqa: E731
+    return [y, *flat(s_n), dx, *flat(ds0), *[g.copy() for g in layer.grads]]
+
+
+def both_loops(monkeypatch, build, inputs):
+    """The results of the compiled loop, then of the Python loop, on the same layer."""
+    layer = build()
+    compiled = run(layer, *inputs)
+    with monkeypatch.context() as m:
+        m.setattr(TimeLoop, "for_cell", classmethod(lambda cls, cell: None))
+        python = run(layer, *inputs)
+    return compiled, python
+
+
+CASES = list(itertools.product(LAYERS, (False, True), (False, True)))
+
+
+@pytest.mark.parametrize("kind,bidir,lengths", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_loop_equals_python_loop(monkeypatch, kind, bidir, lengths, dtype):
+    rng = np.random.default_rng(CASES.index((kind, bidir, lengths)))
+    N, T, D, H, L = 5, 7, 6, 37, 2
+    cls, extra = LAYERS[kind]
+    LD = L * (2 if bidir else 1)
+    r = lambda *s: rng.standard_normal(s).astype(dtype)                  # noqa: E731
+    state = (r(LD, N, H), r(LD, N, H)) if kind == "lstm" else r(LD, N, H)
+    dstate = (r(LD, N, H), r(LD, N, H)) if kind == "lstm" else r(LD, N, H)
+    lens = np.array([7, 3, 7, 1, 5]) if lengths else None
+    inputs = (r(N, T, D), state, lens, r(N, T, (2 if bidir else 1) * H), dstate)
+    seed = int(rng.integers(2**32))
+    compiled, python = both_loops(monkeypatch, lambda: cls(
+        D, H, num_layers=L, bidirectional=bidir, dtype=dtype, rng=np.random.default_rng(seed),
+        **extra), inputs)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(compiled, python):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_compiled_loop_on_each_blas(monkeypatch, kind, backend):
+    """MKL's GEMM is called by address too (32-bit integers, where NumPy's OpenBLAS has 64)."""
+    rng = np.random.default_rng(3)
+    cls, extra = LAYERS[kind]
+    inputs = (rng.standard_normal((4, 6, 5)), None, None, rng.standard_normal((4, 6, 64)), None)
+    compiled, python = both_loops(monkeypatch, lambda: cls(
+        5, 64, num_layers=2, dtype=np.float64, rng=np.random.default_rng(1), blas=backend,
+        **extra), inputs)
+    for a, b in zip(compiled, python):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_loop_is_used_where_it_can_be():
+    layer = LSTM(4, 8, blas="numpy")
+    assert TimeLoop.for_cell(layer.cells[0][0]) is not None
+    assert TimeLoop.for_cell(LSTM(4, 8, kernels="numpy").cells[0][0]) is None
+
+
+def test_numpy_blas_found_where_numpy_bundles_openblas():
+    """NumPy's wheels carry OpenBLAS beside the package; its GEMM must be found there."""
+    root = os.path.dirname(np.__file__)
+    bundled = glob.glob(root + ".libs/*openblas*") + glob.glob(root + "/.dylibs/*openblas*")
+    if not bundled:
+        pytest.skip("this NumPy does not bundle OpenBLAS")
+    native = blas.get_blas("numpy").native()
+    assert native is not None and native.sgemm and native.dgemm
