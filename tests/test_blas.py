@@ -44,9 +44,25 @@ def test_numpy_backend_is_numpy(monkeypatch):
     np.testing.assert_array_equal(b.matmul(a, w), a @ w)
 
 
-def test_auto_takes_mkl_when_it_loads(monkeypatch):
+def test_auto_takes_mkl_when_it_loads_on_an_intel_cpu(monkeypatch):
     monkeypatch.delenv("RNNKIT_BLAS", raising=False)
+    monkeypatch.setattr(blas, "intel_cpu", lambda: True)
     assert blas.get_blas("auto").name == ("mkl" if MKL else "numpy")
+
+
+def test_auto_leaves_mkl_alone_on_other_cpus(monkeypatch):
+    """MKL's small products are slower than OpenBLAS's on AMD processors; asked for, it loads."""
+    monkeypatch.delenv("RNNKIT_BLAS", raising=False)
+    monkeypatch.setattr(blas, "intel_cpu", lambda: False)
+    assert blas.get_blas("auto").name == "numpy"
+    if MKL:
+        assert blas.get_blas("mkl").name == "mkl"
+        monkeypatch.setenv("RNNKIT_BLAS", "mkl")
+        assert blas.get_blas("auto").name == "mkl"
+
+
+def test_intel_cpu_reads_the_vendor():
+    assert isinstance(blas.intel_cpu(), bool)
 
 
 def test_environment_variable_chooses(monkeypatch):

@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import glob
 import os
+import platform
 import site
 import sys
 
@@ -240,8 +241,8 @@ def mkl_error() -> str:
 
 
 def get_blas(name: str = "auto", xp=np):
-    """The products for arrays of module ``xp``: ``auto`` (MKL if present on the CPU, else the
-    array module's matmul), ``numpy`` or ``mkl``. With ``auto``, the environment variable
+    """The products for arrays of module ``xp``: ``auto`` (MKL if present on the CPU and the
+    CPU is Intel's, else the array module's matmul), ``numpy`` or ``mkl``. With ``auto``, the environment variable
     ``RNNKIT_BLAS`` may choose ``numpy`` or ``mkl`` instead; it speaks of the CPU only, so a
     layer on the GPU keeps CuPy's matmul whatever it says."""
     if name not in BLAS:
@@ -258,12 +259,25 @@ def get_blas(name: str = "auto", xp=np):
         if name == "mkl":
             raise ValueError("blas='mkl' needs the CPU (device='cpu')")
         return NumpyBlas(xp)
-    if name == "numpy":
+    if name == "numpy" or (name == "auto" and not intel_cpu()):
         return _NUMPY
     lib = load_mkl()
     if lib is None and name == "mkl":
         raise ValueError(f"{said} but MKL cannot be loaded: {mkl_error()}")
     return lib or _NUMPY
+
+
+@functools.cache
+def intel_cpu() -> bool:
+    """Whether this is an Intel processor. MKL's fastest GEMM kernels are Intel's alone: on an
+    AMD EPYC (Zen 4, AVX-512) MKL's small products ran slower than NumPy's OpenBLAS (the LSTM
+    language model of ``benchmarks/bench_train.py`` trained 0.88x as fast with MKL), so
+    ``auto`` takes MKL on Intel processors only. ``blas="mkl"`` takes it anywhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
+    except OSError:                                              # not Linux
+        return "intel" in platform.processor().lower()
 
 
 _NUMPY = NumpyBlas(np)
