@@ -3,8 +3,8 @@
 One training step of a language model: Embedding(V, E) -> num_layers x {LSTM, GRU, RNN} (H) ->
 Linear(H, V) -> cross-entropy -> Adam, on a batch of B x T random tokens, float32. The libraries
 take turns in blocks of steps (``common.side_by_side``) so that machine noise hits all; the ratio
-of medians is what to read (> 1: rnnkit is faster). rnnkit runs as installed (its products by MKL
-when ``rnnkit[mkl]`` is there) and, when MKL is there, also with NumPy's own BLAS.
+of medians is what to read (> 1: rnnkit is faster). rnnkit runs with its products on NumPy's
+BLAS and, when ``rnnkit[mkl]`` is installed, on MKL too.
 
     python benchmarks/bench_train.py                     # the core issue's configurations
     python benchmarks/bench_train.py --cells lstm --hidden 512 --batch 64 --bptt 100
@@ -89,35 +89,32 @@ def _time(fn) -> float:
 
 
 def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_torch=True) -> dict:
-    """One configuration: ``reps`` rounds of 2 timed steps each (``common.side_by_side``)."""
-    ours, model = rnnkit_step(cell, V, E, H, L, B, T)
-    fns = {"ours": ours}
-    with_numpy_blas = model.decoder.blas.name != "numpy"
-    if with_numpy_blas:
-        fns["ours_numpy"], _ = rnnkit_step(cell, V, E, H, L, B, T, blas_name="numpy")
+    """One configuration: ``reps`` rounds of 2 timed steps each (``common.side_by_side``).
+
+    rnnkit runs on NumPy's BLAS and, when MKL loads, on MKL too; "rnnkit" is whichever of the
+    two ``blas="auto"`` takes on this machine (MKL on Intel processors only)."""
+    fns = {"numpy": rnnkit_step(cell, V, E, H, L, B, T, blas_name="numpy")[0]}
+    if blas.load_mkl() is not None:
+        fns["mkl"] = rnnkit_step(cell, V, E, H, L, B, T, blas_name="mkl")[0]
     if with_torch:
         fns["theirs"] = torch_step(cell, V, E, H, L, B, T)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     med = side_by_side(fns, rounds=reps)
-    mo = med["ours"]
-    row = {"cell": cell, "H": H, "layers": L, "B": B, "T": T, "V": V, "E": E,
-           "blas": model.decoder.blas.name, "rnnkit_ms": mo * 1e3, "rnnkit_tok_s": B * T / mo,
-           "rnnkit_gflops": matmul_flops(cell, V, E, H, L, B, T) / mo / 1e9}
-    if with_numpy_blas:
-        mn = med["ours_numpy"]
-        row.update(numpy_blas_ms=mn * 1e3, numpy_blas_tok_s=B * T / mn)
+    auto = blas.get_blas().name
+    flops = matmul_flops(cell, V, E, H, L, B, T)
+    row = {"cell": cell, "H": H, "layers": L, "B": B, "T": T, "V": V, "E": E, "blas": auto}
+    for key, name in (("rnnkit", auto), ("numpy_blas", "numpy"), ("mkl", "mkl")):
+        if name in med:
+            row.update({f"{key}_ms": med[name] * 1e3, f"{key}_tok_s": B * T / med[name]})
+            if with_torch:
+                row[f"{key}_ratio"] = med["theirs"] / med[name]
+    row["rnnkit_gflops"] = flops / med[auto] / 1e9
     if with_torch:
         mt = med["theirs"]
-        row.update(torch_ms=mt * 1e3, torch_tok_s=B * T / mt, ratio=mt / mo,
-                   torch_gflops=matmul_flops(cell, V, E, H, L, B, T) / mt / 1e9)
-        if with_numpy_blas:
-            row["numpy_blas_ratio"] = mt / row["numpy_blas_ms"] * 1e3
-    if not with_numpy_blas:                         # rnnkit ran on NumPy's BLAS: the same row
-        row.update(numpy_blas_ms=row["rnnkit_ms"], numpy_blas_tok_s=row["rnnkit_tok_s"])
-        if with_torch:
-            row["numpy_blas_ratio"] = row["ratio"]
+        row.update(torch_ms=mt * 1e3, torch_tok_s=B * T / mt, ratio=row.pop("rnnkit_ratio"),
+                   torch_gflops=flops / mt / 1e9)
     return row
 
 
@@ -144,8 +141,9 @@ def main(argv=None):
               f"({r['rnnkit_ms']:6.1f} ms, {r['peak_share']:.0%} of peak) | torch "
               f"{r['torch_tok_s']:8,.0f} tok/s ({r['torch_ms']:6.1f} ms, "
               f"{r['torch_peak_share']:.0%}) | ratio {r['ratio']:.2f}x"
-              + (f" | NumPy's BLAS: {r['numpy_blas_tok_s']:8,.0f} tok/s, ratio "
-                 f"{r['numpy_blas_ratio']:.2f}x" if r["blas"] != "numpy" else ""))
+              + "".join(f" | {name}: {r[k + '_tok_s']:8,.0f} tok/s, ratio {r[k + '_ratio']:.2f}x"
+                        for k, name in (("numpy_blas", "NumPy's BLAS"), ("mkl", "MKL"))
+                        if k + "_tok_s" in r))
     return finish(rows, args.json)
 
 

@@ -25,7 +25,8 @@ Internal layout (details of speed, invisible at the API):
   its own. ``backward`` may therefore run once per ``forward``, as in PyTorch.
 - *Two implementations of the elementwise work*: the array module's ufuncs, or one fused pass
   per step: numba on the CPU (``fused.py``) when numba is installed, CuPy on the GPU
-  (``fused_cuda.py``). They give the same numbers.
+  (``fused_cuda.py``). They give the same numbers. With numba, the sequence layers also run
+  the loop over time compiled (``timeloop.py``), calling the same kernels.
 - *Two implementations of the matrix products* (``rnnkit.blas``, the ``blas`` argument): the
   array module's ``matmul``, or MKL's GEMM when it is installed. They agree to rounding.
 
