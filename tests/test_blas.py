@@ -61,8 +61,11 @@ def test_auto_leaves_mkl_alone_on_other_cpus(monkeypatch):
         assert blas.get_blas("auto").name == "mkl"
 
 
-def test_intel_cpu_reads_the_vendor():
-    assert isinstance(blas.intel_cpu(), bool)
+def test_intel_cpu_reads_the_vendor(tmp_path):
+    for vendor, intel in (("GenuineIntel", True), ("AuthenticAMD", False)):
+        info = tmp_path / vendor
+        info.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 25\n")
+        assert blas.intel_cpu(str(info)) is intel
 
 
 def test_environment_variable_chooses(monkeypatch):

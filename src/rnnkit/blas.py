@@ -1,11 +1,13 @@
 """The matrix-product seam: NumPy's ``matmul``, or Intel MKL's GEMM (an optional extra).
 
 Most of a recurrent network's time goes into matrix products, and on a CPU much of that into
-the small product of every time step, ``h W_hh^T`` with ``h`` only ``(N, H)``. MKL's GEMM runs
-those faster than NumPy's OpenBLAS: measured here (2 cores, ``benchmarks/bench_gemm.py``),
-``(32, 256) x (256, 1024)``, the H=256 LSTM's forward step, took about 62 us against 86 us.
+the small product of every time step, ``h W_hh^T`` with ``h`` only ``(N, H)``. On an Intel
+processor MKL's GEMM runs those faster than NumPy's OpenBLAS (2-core Xeon,
+``benchmarks/bench_gemm.py``: ``(32, 256) x (256, 1024)``, the H=256 LSTM's forward step, about
+62 us against 86 us); on an AMD EPYC (Zen 4) it ran them slower (195 us against 136 us). So
+``auto`` takes MKL on Intel processors only.
 
-    blas = get_blas("auto")            # MKL when the optional extra is installed, else NumPy
+    blas = get_blas("auto")            # MKL when installed on an Intel processor, else NumPy
     blas.matmul(a, b, out=c)           # c = a @ b for 2-D a, b (transposed views welcome)
 
 ``name`` is ``"numpy"`` or ``"mkl"``. The NumPy one also serves CuPy (``get_blas(..., xp=cupy)``).
@@ -268,13 +270,14 @@ def get_blas(name: str = "auto", xp=np):
 
 
 @functools.cache
-def intel_cpu() -> bool:
+def intel_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this is an Intel processor. MKL's fastest GEMM kernels are Intel's alone: on an
     AMD EPYC (Zen 4, AVX-512) MKL's small products ran slower than NumPy's OpenBLAS (the LSTM
     language model of ``benchmarks/bench_train.py`` trained 0.88x as fast with MKL), so
-    ``auto`` takes MKL on Intel processors only. ``blas="mkl"`` takes it anywhere."""
+    ``auto`` takes MKL on Intel processors only. ``blas="mkl"`` takes it anywhere. Linux says
+whose the processor is in ``cpuinfo``; elsewhere ``platform.processor()`` does."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
     except OSError:                                              # not Linux
         return "intel" in platform.processor().lower()
