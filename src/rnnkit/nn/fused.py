@@ -69,34 +69,37 @@ if numba is not None:
     # Every kernel takes whole time-major buffers (A (T, N, G), S (T + 2, N, H), caches
     # (T, N, H)) and the step's indices, so that numba sees C-contiguous arrays; it walks the
     # step's first ``b`` rows and, inside a row, the features, which are contiguous: a unit-stride
-    # loop it vectorises. ``R (N, G)`` is the step's recurrent product h W_hh^T, computed
+    # loop it vectorises. ``R (N, gates * W)`` is the step's recurrent product h W_hh^T, computed
     # by BLAS just before; ``bias (G,)`` is added here rather than to all of A at once (one pass
     # fewer). Backward kernels overwrite the step's activations in A with the gate gradients.
-    # Inside a row, each gate's block is taken as a slice of its own: numba vectorises loops
-    # over slices, where it did not vectorise the same loops indexing whole rows at g * H + j.
+    #
+    # The ``*_cols`` kernels do only the hidden units ``[j0, j1)`` (every gate's columns for
+    # them), and their ``R`` holds just those units' gates, ``W = j1 - j0`` columns a gate: the
+    # threaded loop over time (``timeloop.py``, ``blas="packed"``) gives each of its two threads
+    # its own units. The kernels without the suffix do all ``H`` units.
 
     # -- LSTM (fused gate order i, f, o, g; i, f, o pre-scaled by 1/2) ----------------------------
     @_jit
-    def lstm_forward(A, R, bias, t, Sh, Sc, p, tc, b):
+    def lstm_forward_cols(A, R, bias, t, Sh, Sc, p, tc, b, j0, j1):
         """``A[t] <- acts(A[t] + R + bias)``; ``c = f c_prev + i g``; ``tc = tanh(c)``; ``h = o tc``."""
         # short loops a row, each over few arrays: one loop over all seven does not vectorise
-        H = Sh.shape[2]
+        H, W = Sh.shape[2], j1 - j0
         half = A.dtype.type(0.5)
         for n in range(b):
             a, r = A[t, n], R[n]
             for g in range(4):
-                ag, rg, bg = a[g * H:(g + 1) * H], r[g * H:(g + 1) * H], bias[g * H:]
+                ag, rg, bg = a[g * H + j0:g * H + j1], r[g * W:(g + 1) * W], bias[g * H + j0:]
                 if g < 3:
-                    for j in range(H):
+                    for j in range(W):
                         ag[j] = half * ftanh(ag[j] + rg[j] + bg[j]) + half
                 else:
-                    for j in range(H):
+                    for j in range(W):
                         ag[j] = ftanh(ag[j] + rg[j] + bg[j])
-            i, f = a[:H], a[H:2 * H]
-            o, g = a[2 * H:3 * H], a[3 * H:]
-            c_prev, c_out = Sc[p, n], Sc[t + 1, n]
-            h_out, tc_out = Sh[t + 1, n], tc[t, n]
-            for j in range(H):
+            i, f = a[j0:j1], a[H + j0:H + j1]
+            o, g = a[2 * H + j0:2 * H + j1], a[3 * H + j0:3 * H + j1]
+            c_prev, c_out = Sc[p, n, j0:j1], Sc[t + 1, n, j0:j1]
+            h_out, tc_out = Sh[t + 1, n, j0:j1], tc[t, n, j0:j1]
+            for j in range(W):
                 c = f[j] * c_prev[j] + i[j] * g[j]
                 c_out[j] = c
                 tcj = ftanh(c)
@@ -104,17 +107,21 @@ if numba is not None:
                 h_out[j] = o[j] * tcj
 
     @_jit
-    def lstm_backward(A, t, Sc, p, tc, dh, dc, b):
+    def lstm_forward(A, R, bias, t, Sh, Sc, p, tc, b):
+        lstm_forward_cols(A, R, bias, t, Sh, Sc, p, tc, b, 0, Sh.shape[2])
+
+    @_jit
+    def lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, j0, j1):
         """Gate gradients (before the nonlinearities) replace ``A[t]``; ``dc <- dc' * f``."""
-        H = dh.shape[1]
+        H, W = dh.shape[1], j1 - j0
         one = A.dtype.type(1.0)
         for n in range(b):
             a = A[t, n]
-            i, f = a[:H], a[H:2 * H]
-            o, g = a[2 * H:3 * H], a[3 * H:]
-            c_prev, tcn = Sc[p, n], tc[t, n]
-            dhn, dcn = dh[n], dc[n]
-            for j in range(H):
+            i, f = a[j0:j1], a[H + j0:H + j1]
+            o, g = a[2 * H + j0:2 * H + j1], a[3 * H + j0:3 * H + j1]
+            c_prev, tcn = Sc[p, n, j0:j1], tc[t, n, j0:j1]
+            dhn, dcn = dh[n, j0:j1], dc[n, j0:j1]
+            for j in range(W):
                 ij, fj, oj, gj = i[j], f[j], o[j], g[j]
                 tcj, dhj = tcn[j], dhn[j]
                 dcj = dcn[j] + dhj * oj * (one - tcj * tcj)
@@ -124,42 +131,50 @@ if numba is not None:
                 g[j] = dcj * ij * (one - gj * gj)
                 dcn[j] = dcj * fj
 
+    @_jit
+    def lstm_backward(A, t, Sc, p, tc, dh, dc, b):
+        lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, 0, dh.shape[1])
+
     # -- GRU (gate order r, z, n; r, z pre-scaled by 1/2) ------------------------------------------
     @_jit
-    def gru_forward(A, R, bias, b_hn, t, Sh, p, hn, b):
+    def gru_forward_cols(A, R, bias, b_hn, t, Sh, p, hn, b, j0, j1):
         """``r, z = sigmoid(A + R + bias)``; ``hn = R_n + b_hn``; ``n = tanh(A_n + bias_n + r hn)``;
         ``h = n + z (h_prev - n)``; activations back into ``A[t]``."""
-        H = Sh.shape[2]
+        H, W = Sh.shape[2], j1 - j0
         half = A.dtype.type(0.5)
         for k in range(b):
             a, rr = A[t, k], R[k]
             for g in range(2):
-                ag, rg, bg = a[g * H:(g + 1) * H], rr[g * H:(g + 1) * H], bias[g * H:]
-                for j in range(H):
+                ag, rg, bg = a[g * H + j0:g * H + j1], rr[g * W:(g + 1) * W], bias[g * H + j0:]
+                for j in range(W):
                     ag[j] = half * ftanh(ag[j] + rg[j] + bg[j]) + half
-            r, z, n = a[:H], a[H:2 * H], a[2 * H:]
-            rn, bn, bhn, hn_out = rr[2 * H:], bias[2 * H:], b_hn, hn[t, k]
-            for j in range(H):
+            r, z, n = a[j0:j1], a[H + j0:H + j1], a[2 * H + j0:2 * H + j1]
+            rn, bn, bhn, hn_out = rr[2 * W:3 * W], bias[2 * H + j0:], b_hn[j0:], hn[t, k, j0:j1]
+            for j in range(W):
                 hnj = rn[j] + bhn[j]
                 hn_out[j] = hnj
                 n[j] = ftanh(n[j] + bn[j] + r[j] * hnj)
-            h_prev, h_out = Sh[p, k], Sh[t + 1, k]
-            for j in range(H):
+            h_prev, h_out = Sh[p, k, j0:j1], Sh[t + 1, k, j0:j1]
+            for j in range(W):
                 h_out[j] = n[j] + z[j] * (h_prev[j] - n[j])
 
     @_jit
-    def gru_backward(A, t, Sh, p, hn, dh, dHH, dHn, b):
+    def gru_forward(A, R, bias, b_hn, t, Sh, p, hn, b):
+        gru_forward_cols(A, R, bias, b_hn, t, Sh, p, hn, b, 0, Sh.shape[2])
+
+    @_jit
+    def gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, j0, j1):
         """Input-side gradients replace ``A[t]``; recurrent-side ones go to ``dHH (N, G)``, their
         candidate part also to ``dHn[t]``; ``dh <- dh' z``."""
-        H = dh.shape[1]
+        H, W = dh.shape[1], j1 - j0
         one = A.dtype.type(1.0)
         for k in range(b):
             a, dhh = A[t, k], dHH[k]
-            r, z, n = a[:H], a[H:2 * H], a[2 * H:]
-            hr, hz, hnn = dhh[:H], dhh[H:2 * H], dhh[2 * H:]
-            h_prev, hnk, dhk, dhn = Sh[p, k], hn[t, k], dh[k], dHn[t, k]
+            r, z, n = a[j0:j1], a[H + j0:H + j1], a[2 * H + j0:2 * H + j1]
+            hr, hz, hnn = dhh[j0:j1], dhh[H + j0:H + j1], dhh[2 * H + j0:2 * H + j1]
+            h_prev, hnk, dhk, dhn = Sh[p, k, j0:j1], hn[t, k, j0:j1], dh[k, j0:j1], dHn[t, k, j0:j1]
             # two loops, each writing few arrays: one loop writing all seven does not vectorise
-            for j in range(H):
+            for j in range(W):
                 rj, zj, nj = r[j], z[j], n[j]
                 d = dhk[j]
                 dzn = d * (one - zj) * (one - nj * nj)
@@ -167,23 +182,27 @@ if numba is not None:
                 hr[j] = dzn * hnk[j] * rj * (one - rj)
                 n[j] = dzn
                 dhk[j] = d * zj
-            for j in range(H):
+            for j in range(W):
                 v = n[j] * r[j]
                 hnn[j] = v
                 dhn[j] = v
                 r[j] = hr[j]
                 z[j] = hz[j]
 
+    @_jit
+    def gru_backward(A, t, Sh, p, hn, dh, dHH, dHn, b):
+        gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, 0, dh.shape[1])
+
     # -- Elman RNN ------------------------------------------------------------------------------
     @_jit
-    def rnn_forward(A, R, bias, t, Sh, b, relu):
+    def rnn_forward_cols(A, R, bias, t, Sh, b, relu, j0, j1):
         """``h = tanh(A[t] + R + bias)`` (or relu) into ``Sh[t + 1]``, kept in ``A[t]`` too."""
-        H = Sh.shape[2]
+        W = j1 - j0
         zero = A.dtype.type(0.0)
         for n in range(b):
-            a, r, h_out = A[t, n], R[n], Sh[t + 1, n]
-            for j in range(H):
-                v = a[j] + r[j] + bias[j]
+            a, r, bb, h_out = A[t, n, j0:j1], R[n], bias[j0:], Sh[t + 1, n, j0:j1]
+            for j in range(W):
+                v = a[j] + r[j] + bb[j]
                 if relu:
                     v = v if (v > zero or v != v) else zero     # NaN passes, as np.maximum
                 else:
@@ -192,18 +211,26 @@ if numba is not None:
                 h_out[j] = v
 
     @_jit
-    def rnn_backward(A, t, dh, b, relu):
+    def rnn_forward(A, R, bias, t, Sh, b, relu):
+        rnn_forward_cols(A, R, bias, t, Sh, b, relu, 0, Sh.shape[2])
+
+    @_jit
+    def rnn_backward_cols(A, t, dh, b, relu, j0, j1):
         """``A[t] <- dh (1 - h^2)`` (relu: ``dh [h > 0]``), where ``A[t]`` held ``h``."""
-        H = dh.shape[1]
+        W = j1 - j0
         one, zero = A.dtype.type(1.0), A.dtype.type(0.0)
         for n in range(b):
-            a, dhn = A[t, n], dh[n]
-            for j in range(H):
+            a, dhn = A[t, n, j0:j1], dh[n, j0:j1]
+            for j in range(W):
                 h = a[j]
                 if relu:
                     a[j] = dhn[j] if h > zero else zero
                 else:
                     a[j] = dhn[j] * (one - h * h)
+
+    @_jit
+    def rnn_backward(A, t, dh, b, relu):
+        rnn_backward_cols(A, t, dh, b, relu, 0, dh.shape[1])
 
     # -- sampling -------------------------------------------------------------------------------
     @_jit
