@@ -1,4 +1,5 @@
-"""The matrix-product seam: NumPy's ``matmul``, or Intel MKL's GEMM (an optional extra).
+"""The matrix-product seam: NumPy's ``matmul``, Intel MKL's GEMM (an optional extra), or
+rnnkit's own packed kernel (``blas="packed"``, with numba; ``PackedBlas``, ``rnnkit.packed``).
 
 Most of a recurrent network's time goes into matrix products, and on a CPU much of that into
 the small product of every time step, ``h W_hh^T`` with ``h`` only ``(N, H)``. On an Intel
@@ -10,7 +11,7 @@ processor MKL's GEMM runs those faster than NumPy's OpenBLAS (2-core Xeon,
     blas = get_blas("auto")            # MKL when installed on an Intel processor, else NumPy
     blas.matmul(a, b, out=c)           # c = a @ b for 2-D a, b (transposed views welcome)
 
-``name`` is ``"numpy"`` or ``"mkl"``. The NumPy one also serves CuPy (``get_blas(..., xp=cupy)``).
+``name`` is ``"numpy"``, ``"mkl"`` or ``"packed"``. The NumPy one also serves CuPy (``get_blas(..., xp=cupy)``).
 MKL comes from ``pip install 'rnnkit[mkl]'`` (Intel's ``mkl`` wheel, which puts ``libmkl_rt`` in
 the environment's ``lib``), from a conda environment, or from the path in ``RNNKIT_MKL``.
 ``RNNKIT_BLAS=numpy`` (or ``blas="numpy"``) turns it off. Products MKL cannot take (other
@@ -41,7 +42,9 @@ import sys
 
 import numpy as np
 
-BLAS = ("auto", "numpy", "mkl")
+from . import packed as _packed
+
+BLAS = ("auto", "numpy", "mkl", "packed")
 # Products of fewer multiply-adds (M * K * N) go to NumPy even with MKL. MKL's call costs about
 # 6 us more (measured: (25, 100) x (100, 100) in float64, 6.9 us in NumPy, 15.2 us in MKL), and
 # min-char-rnn's batch-1 step ran at half the speed through MKL. OpenBLAS runs products up to
@@ -145,6 +148,74 @@ class MklBlas:
         return out
 
 
+class PackedBlas:
+    """Products by rnnkit's own float32 GEMM (``rnnkit.packed``: the right operand packed in
+    panels, an LLVM micro-kernel, two threads). Needs numba; other dtypes, small products and
+    shapes it does not take go to NumPy.
+
+    Its recurrent layers pack ``W_hh`` once per sequence and share each step between two
+    threads, each owning half of the hidden units (``nn/timeloop.py``). NumPy's OpenBLAS must
+    then stay off the cores: after a product on its two threads its idle worker keeps spinning
+    for about 0.1 s. So every large product here runs on rnnkit's two threads: by the packed
+    kernel where ``A``'s rows are contiguous, else (the weight gradients, ``dZ^T X``, where
+    ``A`` is a transposed view) as two halves, each on one of rnnkit's threads with OpenBLAS
+    held at one thread (its count is the process's, put back after each product)."""
+
+    name = "packed"
+    packs = True
+
+    def __init__(self):
+        self.xp = np
+        self.pool = _packed.Pool()                # the helper thread, started on first use
+
+    def native(self):
+        """NumPy's OpenBLAS, for the float64 loops (the packed kernel is float32 only)."""
+        return _numpy_openblas()
+
+    def matmul(self, a, b, out=None):
+        ok = (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2
+              and a.dtype == b.dtype == np.float32 and a.shape[1] == b.shape[0]
+              and a.shape[0] * a.shape[1] * b.shape[1] >= SMALL)
+        if ok and out is not None:
+            ok = (type(out) is np.ndarray and out.dtype == np.float32 and out.flags.writeable
+                  and out.shape == (a.shape[0], b.shape[1]) and _row_major(out)
+                  and out.strides[0] >= 0 and not np.may_share_memory(out, a)
+                  and not np.may_share_memory(out, b))
+        if not ok:                                  # OpenBLAS runs these on one thread itself
+            return np.matmul(a, b, out=out)
+        if out is None:
+            out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
+        set_threads, get_threads = _openblas_functions()
+        if (a.strides[1] == 4 and a.strides[0] % 4 == 0) or set_threads is None:
+            return _packed.matmul(a, b, out, self.pool)
+        M, N = out.shape
+        h = M // 2 if M >= 2 * _packed.MR else N // 2
+        jobs = ([(a[:h], b, out[:h]), (a[h:], b, out[h:])] if M >= 2 * _packed.MR else
+                [(a, b[:, :h], out[:, :h]), (a, b[:, h:], out[:, h:])])
+        previous = get_threads()
+        set_threads(1)
+        try:
+            self.pool.run(lambda x, y, z: np.matmul(x, y, out=z), jobs)
+        finally:
+            set_threads(previous)
+        return out
+
+
+@functools.cache
+def _openblas_functions():
+    """NumPy's OpenBLAS ``(set_num_threads, get_num_threads)`` (ctypes), or ``(None, None)``."""
+    for path in _openblas_files():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for pre, suf in (("scipy_", "64_"), ("", "64_"), ("", "")):
+            s, g = f"{pre}openblas_set_num_threads{suf}", f"{pre}openblas_get_num_threads{suf}"
+            if hasattr(lib, s) and hasattr(lib, g):
+                return getattr(lib, s), getattr(lib, g)
+    return None, None
+
+
 @dataclasses.dataclass(frozen=True)
 class NativeGemm:
     """A BLAS's ``cblas_sgemm`` and ``cblas_dgemm`` for compiled code to call by address
@@ -244,9 +315,10 @@ def mkl_error() -> str:
 
 def get_blas(name: str = "auto", xp=np):
     """The products for arrays of module ``xp``: ``auto`` (MKL if present on the CPU and the
-    CPU is Intel's, else the array module's matmul), ``numpy`` or ``mkl``. With ``auto``, the environment variable
-    ``RNNKIT_BLAS`` may choose ``numpy`` or ``mkl`` instead; it speaks of the CPU only, so a
-    layer on the GPU keeps CuPy's matmul whatever it says."""
+    CPU is Intel's, else the array module's matmul), ``numpy``, ``mkl`` or ``packed``
+    (``PackedBlas``, needs numba; not taken by ``auto``). With ``auto``, the environment
+    variable ``RNNKIT_BLAS`` may choose one of the others instead; it speaks of the CPU only,
+    so a layer on the GPU keeps CuPy's matmul whatever it says."""
     if name not in BLAS:
         raise ValueError(f"blas must be one of {BLAS}, got {name!r}")
     said = f"blas={name!r}"
@@ -258,9 +330,13 @@ def get_blas(name: str = "auto", xp=np):
         if xp is not np:
             return NumpyBlas(xp)
     if xp is not np:
-        if name == "mkl":
-            raise ValueError("blas='mkl' needs the CPU (device='cpu')")
+        if name in ("mkl", "packed"):
+            raise ValueError(f"blas={name!r} needs the CPU (device='cpu')")
         return NumpyBlas(xp)
+    if name == "packed":
+        if not _packed.available():
+            raise ValueError(f"{said} needs numba (pip install 'rnnkit[fast]')")
+        return _packed_blas()
     if name == "numpy" or (name == "auto" and not intel_cpu()):
         return _NUMPY
     lib = load_mkl()
@@ -284,3 +360,9 @@ whose the processor is in ``cpuinfo``; elsewhere ``platform.processor()`` does."
 
 
 _NUMPY = NumpyBlas(np)
+
+
+@functools.cache
+def _packed_blas() -> PackedBlas:
+    """One ``PackedBlas`` for the process: its helper thread is shared by every layer."""
+    return PackedBlas()

@@ -1,0 +1,104 @@
+"""rnnkit.packed (the packed-weights float32 GEMM) and blas="packed", against NumPy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rnnkit import blas, packed
+
+pytestmark = pytest.mark.skipif(not packed.available(), reason="needs numba (rnnkit[fast])")
+
+
+def _pair(M, K, N, transposed=False, seed=0):
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal((K, M)).T if transposed else rng.standard_normal((M, K)))
+    return a.astype(np.float32), rng.standard_normal((K, N)).astype(np.float32)
+
+
+def _close(got, want, K):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.sqrt(K)))
+
+
+@pytest.mark.parametrize("M,K,N", [(32, 256, 1024), (13, 7, 45), (1, 1, 1), (8, 33, 32),
+                                   (17, 64, 96), (9, 0, 40), (0, 5, 7), (5, 6, 0)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gemm_whole_product(M, K, N, transposed):
+    a, b = _pair(M, K, N)
+    if transposed:
+        a = np.asfortranarray(a)                         # columns contiguous: a view's strides
+    panels = packed.pack(b)
+    assert panels.shape == (packed.panel_count(N), K, packed.NR)
+    out = np.full((M, N), np.nan, dtype=np.float32)
+    packed.gemm(a, panels, out, 0, panels.shape[0], 0, M, False,
+                np.empty((packed.MR, packed.NR), np.float32))
+    _close(out, a @ b, K)
+
+
+def test_gemm_accumulates_into_a_block_of_rows_and_panels_of_a_strided_output():
+    a, b = _pair(21, 19, 100, seed=1)
+    big = np.ones((25, 130), dtype=np.float32)
+    out = big[2:23, 10:110]                             # rows 130 items apart
+    panels = packed.pack(b)
+    edge = np.empty((packed.MR, packed.NR), np.float32)
+    packed.gemm(a, panels, out, 1, 4, 3, 18, True, edge)   # panels 1-3, rows 3-17
+    want = np.ones((21, 100), dtype=np.float32)
+    want[3:18, 32:100] += (a @ b)[3:18, 32:100]
+    _close(out, want, 19)
+    assert np.all(big[:2] == 1) and np.all(big[:, :10] == 1) and np.all(big[:, 110:] == 1)
+
+
+@pytest.mark.parametrize("M,N", [(300, 200), (12, 500), (300, 20)])
+def test_matmul_on_two_threads(M, N):
+    """Split by panels, and by rows where there is one panel."""
+    a, b = _pair(M, 150, N, seed=2)
+    out = np.empty((M, N), dtype=np.float32)
+    packed.matmul(a, b, out, packed.Pool())
+    _close(out, a @ b, 150)
+
+
+def test_split_covers_the_work_once():
+    for M, P in ((300, 7), (300, 1), (5, 1), (16, 2)):
+        jobs = packed.split(M, P)
+        cells = np.zeros((M, P), dtype=int)
+        for p0, p1, r0, r1 in jobs:
+            cells[r0:r1, p0:p1] += 1
+        assert np.all(cells == 1), (M, P, jobs)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("with_out", [False, True])
+def test_packed_blas_equals_numpy(transposed, with_out):
+    """Row-major A by the packed kernel; a transposed A (a weight gradient) as two halves on
+    OpenBLAS held at one thread, whose thread count is put back afterwards."""
+    pb = blas.get_blas("packed")
+    assert isinstance(pb, blas.PackedBlas) and pb.name == "packed"
+    a, b = _pair(200, 300, 70, transposed=transposed, seed=3)
+    set_threads, get_threads = blas._openblas_functions()
+    before = get_threads() if get_threads else None
+    out = np.empty((200, 70), dtype=np.float32) if with_out else None
+    got = pb.matmul(a, b, out=out)
+    _close(got, a @ b, 300)
+    if with_out:
+        assert got is out
+    if get_threads:
+        assert get_threads() == before
+
+
+def test_packed_blas_leaves_what_it_does_not_take_to_numpy():
+    pb = blas.get_blas("packed")
+    a64, b64 = (x.astype(np.float64) for x in _pair(100, 100, 100))
+    np.testing.assert_allclose(pb.matmul(a64, b64), a64 @ b64)
+    a, b = _pair(4, 4, 4)
+    np.testing.assert_allclose(pb.matmul(a, b), a @ b, rtol=1e-6)
+    a, b = _pair(100, 100, 100)
+    c = np.zeros((100, 100), dtype=np.float32)
+    np.testing.assert_allclose(pb.matmul(c, b, out=c), np.zeros((100, 100)))   # out is a
+
+
+def test_packed_blas_needs_numba_and_the_cpu(monkeypatch):
+    monkeypatch.setattr(packed, "available", lambda: False)
+    with pytest.raises(ValueError, match="numba"):
+        blas.get_blas("packed")
+    monkeypatch.setenv("RNNKIT_BLAS", "packed")
+    with pytest.raises(ValueError, match="numba"):
+        blas.get_blas("auto")
