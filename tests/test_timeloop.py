@@ -66,6 +66,42 @@ def test_compiled_loop_equals_python_loop(monkeypatch, kind, bidir, lengths, dty
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("kind,bidir,lengths", CASES)
+@pytest.mark.parametrize("parts", [1, 2])
+def test_packed_loop_equals_python_loop(monkeypatch, kind, bidir, lengths, parts):
+    """blas="packed": W_hh packed once, and with two parts each thread owns half of the hidden
+    units (forced here on a small layer); every output and gradient as the Python loop's."""
+    from rnnkit import packed
+    from rnnkit.nn import timeloop
+    if not packed.available():
+        pytest.skip("needs numba")
+    monkeypatch.setattr(timeloop, "THREADED", 0 if parts == 2 else 1 << 62)
+    monkeypatch.setattr(timeloop, "MIN_UNITS", 4)
+    monkeypatch.setattr(timeloop, "_cores", lambda: 2)
+    rng = np.random.default_rng(CASES.index((kind, bidir, lengths)) + 100)
+    N, T, D, H, L = 11, 7, 6, 37, 2
+    cls, extra = LAYERS[kind]
+    LD = L * (2 if bidir else 1)
+    r = lambda *s: rng.standard_normal(s).astype(np.float32)             # noqa: E731
+    state = (r(LD, N, H), r(LD, N, H)) if kind == "lstm" else r(LD, N, H)
+    dstate = (r(LD, N, H), r(LD, N, H)) if kind == "lstm" else r(LD, N, H)
+    lens = np.array([7, 3, 7, 1, 5, 2, 6, 7, 4, 1, 3]) if lengths else None
+    inputs = (r(N, T, D), state, lens, r(N, T, (2 if bidir else 1) * H), dstate)
+    layer = cls(D, H, num_layers=L, bidirectional=bidir, rng=np.random.default_rng(5),
+                blas="packed", **extra)
+    loop = TimeLoop.for_cell(layer.cells[0][0])
+    assert loop.packed and len(loop._parts(N, layer.cells[0][0].gates * H)) == parts + 1
+    compiled, python = both_loops(monkeypatch, lambda: layer, inputs)
+    for a, b in zip(compiled, python):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_loop_keeps_float64_on_numpys_blas():
+    layer = LSTM(4, 8, dtype=np.float64, blas="packed")
+    loop = TimeLoop.for_cell(layer.cells[0][0])
+    assert loop is not None and not loop.packed
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", list(LAYERS))
 def test_compiled_loop_on_each_blas(monkeypatch, kind, backend):

@@ -8,22 +8,62 @@ address of its ``cblas_?gemm`` (``blas.NativeGemm``), and the same kernels as ``
 on the same buffers in the same order, so the numbers are the Python loop's. Tested equal to it
 in ``tests/test_timeloop.py``.
 
+With ``blas="packed"`` (``rnnkit.packed``, float32), the product is rnnkit's own kernel
+instead, on ``W_hh`` packed once per call, and where a step is large enough (``THREADED``) the
+loop runs on two threads, each owning half of the hidden units: its columns of ``W_hh^T`` (half,
+512 KB at H=256, stays in its core's cache), its part of the kernel, its half of ``h_t``; one
+spin barrier a step (``_sync``, about 0.2 us) makes ``h_t`` whole before either reads it. The
+backward loop mirrors it (the barrier after the kernel: ``dh_{t-1} = dZ_t W_hh`` needs every
+unit's ``dZ_t``). The H=256 LSTM layer's loops took 31 ms a training step this way against 41 ms
+on OpenBLAS (2-core AMD EPYC); see ``blas.PackedBlas`` for why the other products of such a
+layer must then run on rnnkit's threads too.
+
 ``TimeLoop.for_cell(cell)`` gives the loop when the cell computes with the numba kernels on the
 CPU and its BLAS can be found; otherwise the sequence layer loops in Python.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from .. import packed as _packed
 from . import fused as _fused
 
 RNN, LSTM, GRU = 0, 1, 2
+THREADED = 1 << 18     # blas='packed': fewer multiply-adds a step and the loop stays on one thread
+MIN_UNITS = 32         # ... and so it does with fewer hidden units than this a thread
 
 if _fused.available():
     import numba
     from llvmlite import ir
     from numba.core import types
+    from numba.core import cgutils
     from numba.extending import intrinsic
+
+    @intrinsic
+    def _load_acquire(typingctx, arr, i):
+        """``arr[i]`` of an int64 array, read atomically with acquire order."""
+        sig = types.int64(arr, i)
+
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
+            return builder.load_atomic(ptr, ordering="acquire", align=8)
+        return sig, codegen
+
+    @intrinsic
+    def _store_release(typingctx, arr, i, v):
+        """``arr[i] = v`` into an int64 array, written atomically with release order."""
+        sig = types.void(arr, i, v)
+
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
+            builder.store_atomic(context.cast(builder, args[2], sig.args[2], types.int64), ptr,
+                                 ordering="release", align=8)
+            return context.get_dummy_value()
+        return sig, codegen
 
     @intrinsic
     def _cblas_gemm(typingctx, addr, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
@@ -67,61 +107,100 @@ if _fused.available():
                         np.int32(ldb), beta, c, np.int32(ldc))
 
     @_jit
-    def forward_loop(kind, relu, addr, ilp64, A, R, WhT, bias, b_hn, Sh, Sc, cache, sizes,
-                     reverse):
-        """One direction's forward loop, ``_Recurrent._run_direction``'s: ``A (T, N, G)`` holds
-        ``x W_ih^T``, ``WhT (H, G)`` is the fused ``W_hh^T``, ``R (N, G)`` scratch for the
-        step's recurrent product; states, caches and ``sizes`` (active rows a step) as there."""
+    def _sync(flags, part, n):
+        """A barrier: this part has reached point ``n``; wait until every part has. ``flags``
+        holds each part's point, then an abort flag: False when another part has failed. The
+        release store and acquire loads make each part's writes before the barrier visible to
+        the others after it. The wait spins (a step lasts tens of microseconds, less than
+        waking a sleeping thread costs)."""
+        parts = flags.shape[0] - 1
+        _store_release(flags, part, n)
+        for k in range(parts):
+            while _load_acquire(flags, k) < n:
+                if _load_acquire(flags, parts) != 0:
+                    return False
+        return True
+
+    @_jit
+    def forward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, R, WhT, bias, b_hn,
+                     Sh, Sc, cache, sizes, reverse, j0, j1):
+        """Part ``part`` of one direction's forward loop, ``_Recurrent._run_direction``'s: the
+        hidden units ``[j0, j1)``. ``A (T, N, G)`` holds ``x W_ih^T``; ``R`` is scratch for the
+        step's recurrent product, ``(N, G)``, or ``(N, gates * (j1 - j0))`` (the part's units);
+        states, caches and ``sizes`` (active rows a step) as there. The product is
+        ``cblas_?gemm`` at ``addr`` with ``WhT (H, G)`` (all units, one part), or, when
+        ``panels`` is not empty, ``packed.gemm`` with the part's columns of ``W_hh^T`` packed
+        there. A barrier ends each step (every part of ``h_t`` written). False when another
+        part failed."""
         T, N, G = A.shape
         H = Sh.shape[2]
         zero, one = A.dtype.type(0.0), A.dtype.type(1.0)
+        P = panels.shape[0]
         for s in range(T):
             t = T - 1 - s if reverse else s
             p = t + 2 if reverse else t
             b = sizes[t]
-            _gemm(addr, ilp64, b, G, H, one, _at(Sh, p * N * H), H, _at(WhT, 0), G, zero,
-                  _at(R, 0), G)                                   # R = h_{t-1} W_hh^T
-            if kind == LSTM:
-                _fused.lstm_forward(A, R, bias, t, Sh, Sc, p, cache, b)
-            elif kind == GRU:
-                _fused.gru_forward(A, R, bias, b_hn, t, Sh, p, cache, b)
+            if P:                                                 # R = h_{t-1} W_hh^T
+                _packed.gemm(Sh[p], panels, R, 0, P, 0, b, False, edge)
             else:
-                _fused.rnn_forward(A, R, bias, t, Sh, b, relu)
+                _gemm(addr, ilp64, b, G, H, one, _at(Sh, p * N * H), H, _at(WhT, 0), G, zero,
+                      _at(R, 0), G)
+            if kind == LSTM:
+                _fused.lstm_forward_cols(A, R, bias, t, Sh, Sc, p, cache, b, j0, j1)
+            elif kind == GRU:
+                _fused.gru_forward_cols(A, R, bias, b_hn, t, Sh, p, cache, b, j0, j1)
+            else:
+                _fused.rnn_forward_cols(A, R, bias, t, Sh, b, relu, j0, j1)
             for n in range(b, N):                                 # ended sequences: carry
-                Sh[t + 1, n] = Sh[p, n]
+                Sh[t + 1, n, j0:j1] = Sh[p, n, j0:j1]
                 if kind == LSTM:
-                    Sc[t + 1, n] = Sc[p, n]
+                    Sc[t + 1, n, j0:j1] = Sc[p, n, j0:j1]
+            if not _sync(flags, part, s + 1):
+                return False
+        return True
 
     @_jit
-    def backward_loop(kind, relu, addr, ilp64, A, Wh, dHH, Sh, Sc, cache, gbuf, dh, dc, dout,
-                      has_dout, sizes, reverse):
-        """One direction's backward loop, ``_Recurrent._back_direction``'s: ``Wh (G, H)`` the
-        unscaled recurrent weights in fused order, ``dHH (N, G)`` scratch for the GRU's
-        recurrent-side gate gradients, ``dh, dc (N, H)`` the state gradients, in and out."""
+    def backward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, Wh, dHH, Sh, Sc,
+                      cache, gbuf, dh, dc, dout, has_dout, sizes, reverse, j0, j1):
+        """Part ``part`` of one direction's backward loop, ``_Recurrent._back_direction``'s: the
+        units ``[j0, j1)``. ``Wh (G, H)`` the unscaled recurrent weights in fused order (or
+        the part's columns of them packed in ``panels``), ``dHH (2, N, G)`` scratch for the
+        GRU's recurrent-side gate gradients, taken in turns (one part may write the next step's
+        while another still reads this one's), ``dh, dc (N, H)`` the state gradients, in and
+        out. A barrier after the kernel: ``dh_{t-1}`` needs all of ``dZ_t``."""
         T, N, G = A.shape
         H = dh.shape[1]
+        gates = G // H
         one = A.dtype.type(1.0)
         beta = one if kind == GRU else A.dtype.type(0.0)         # GRU: dh = dh' z + ...
+        P = panels.shape[0]
         for s in range(T):
             t = s if reverse else T - 1 - s
             p = t + 2 if reverse else t
             b = sizes[t]
             if has_dout:
                 for n in range(b):
-                    dh[n] += dout[t, n]
+                    dh[n, j0:j1] += dout[t, n, j0:j1]
             if kind == LSTM:
-                _fused.lstm_backward(A, t, Sc, p, cache, dh, dc, b)
+                _fused.lstm_backward_cols(A, t, Sc, p, cache, dh, dc, b, j0, j1)
             elif kind == GRU:
-                _fused.gru_backward(A, t, Sh, p, cache, dh, dHH, gbuf, b)
+                _fused.gru_backward_cols(A, t, Sh, p, cache, dh, dHH[s % 2], gbuf, b, j0, j1)
             else:
-                _fused.rnn_backward(A, t, dh, b, relu)
+                _fused.rnn_backward_cols(A, t, dh, b, relu, j0, j1)
             for n in range(b, N):                                 # padding gets no gradient
-                A[t, n] = 0
+                for g in range(gates):
+                    A[t, n, g * H + j0:g * H + j1] = 0
                 if kind == GRU:
-                    gbuf[t, n] = 0
-            src = _at(dHH, 0) if kind == GRU else _at(A, t * N * G)
-            _gemm(addr, ilp64, b, H, G, one, src, G, _at(Wh, 0), H, beta, _at(dh, 0),
-                  H)                                              # dh = dZ W_hh (+ dh' z)
+                    gbuf[t, n, j0:j1] = 0
+            if not _sync(flags, part, s + 1):                     # dZ_t whole
+                return False
+            if P:                                                 # dh = dZ W_hh (+ dh' z)
+                _packed.gemm(dHH[s % 2] if kind == GRU else A[t], panels, dh[:, j0:j1], 0, P, 0,
+                             b, kind == GRU, edge)
+            else:
+                src = _at(dHH, (s % 2) * N * G) if kind == GRU else _at(A, t * N * G)
+                _gemm(addr, ilp64, b, H, G, one, src, G, _at(Wh, 0), H, beta, _at(dh, 0), H)
+        return True
 
 
 def available() -> bool:
@@ -129,13 +208,21 @@ def available() -> bool:
 
 
 class TimeLoop:
-    """The compiled loop for one cell: ``forward`` and ``backward`` over a whole direction."""
+    """The compiled loop for one cell: ``forward`` and ``backward`` over a whole direction.
+
+    With ``blas="packed"`` (float32), the recurrent weights are packed once per call
+    (``rnnkit.packed``) and, where a step's product is large enough and two cores are free,
+    two threads share it: each computes its half of the panels, part 0 runs the kernel, and two
+    barriers a step keep them in order."""
 
     def __init__(self, cell, native):
         self.cell, self.native = cell, native
         self.kind = {"RNNCell": RNN, "LSTMCell": LSTM, "GRUCell": GRU}[type(cell).__name__]
         self.relu = getattr(cell, "nonlinearity", "tanh") == "relu"
-        self.addr = native.sgemm if cell.dtype == np.float32 else native.dgemm
+        self.packed = native is None
+        self.addr = 0 if self.packed else (native.sgemm if cell.dtype == np.float32
+                                           else native.dgemm)
+        self.ilp64 = False if self.packed else native.ilp64
 
     @classmethod
     def for_cell(cls, cell):
@@ -143,17 +230,56 @@ class TimeLoop:
         or with a BLAS whose GEMM cannot be found."""
         if not (available() and cell.xp is np and cell._k is _fused):
             return None
+        if getattr(cell.blas, "packs", False) and cell.dtype == np.float32:
+            return cls(cell, None)
         native = cell.blas.native()
         return None if native is None else cls(cell, native)
+
+    def _parts(self, N, G):
+        """The units' bounds ``[0, ..., H]``: two parts (whole panels of 32 columns where ``H``
+        allows) for ``blas="packed"``, when a step's product is large enough and two cores are
+        free; else one."""
+        H = self.cell.hidden_size
+        if self.packed and N * G * H >= THREADED and H >= 2 * MIN_UNITS and _cores() >= 2:
+            mid = H // 2 if H < 128 else round(H / 64) * 32
+            return [0, mid, H]
+        return [0, H]
+
+    def _run(self, loop, args, cuts):
+        """``loop(*args(part, flags))`` for each part, part 1 on the backend's helper thread."""
+        parts = len(cuts) - 1
+        flags = np.zeros(parts + 1, dtype=np.int64)           # each part's step; abort flag
+
+        def part(k):
+            try:
+                loop(*args(k, flags))        # False: another part failed, and raises its error
+            except BaseException:
+                flags[parts] = 1                                  # the other part stops waiting
+                raise
+        if parts == 1:
+            part(0)
+        else:
+            self.cell.blas.pool.run(part, [(k,) for k in range(1, parts)] + [(0,)])
 
     def forward(self, f, A, S, cache, sizes, reverse: bool) -> None:
         """All steps of ``recurrent._Recurrent._run_direction`` (its arguments)."""
         Sc = S[1] if len(S) > 1 else S[0]                         # unused without c
         hn = cache[0] if cache else S[0]
         b_hn = f.b_hn if self.kind == GRU else f.b
-        R = np.empty(A.shape[1:], dtype=A.dtype)
-        forward_loop(self.kind, self.relu, self.addr, self.native.ilp64, A, R, f.WhT, f.b, b_hn,
-                     S[0], Sc, hn, np.asarray(sizes, dtype=np.int64), reverse)
+        T, N, G = A.shape
+        H, gates = self.cell.hidden_size, self.cell.gates
+        cuts = self._parts(N, G)
+        sizes = np.asarray(sizes, dtype=np.int64)
+        panels, R = [_NO_PANELS], [np.empty((N, G), dtype=A.dtype)]
+        if self.packed:                                           # each part's columns, packed
+            panels, R = [], []
+            for j0, j1 in zip(cuts, cuts[1:]):
+                cols = np.concatenate([np.arange(g * H + j0, g * H + j1) for g in range(gates)])
+                panels.append(_packed.pack(f.WhT[:, cols]))
+                R.append(np.empty((N, len(cols)), dtype=A.dtype))
+        self._run(forward_loop, lambda k, flags: (
+            self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags, A, R[k],
+            f.WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k], cuts[k + 1]), cuts)
 
     def backward(self, f, A, S, cache, d, gbuf, dout, sizes, reverse: bool) -> None:
         """All steps of ``recurrent._Recurrent._back_direction`` (its arguments)."""
@@ -161,9 +287,32 @@ class TimeLoop:
         hn = cache[0] if cache else S[0]
         g = gbuf[0] if gbuf else S[0]
         dc = d[1] if len(d) > 1 else d[0]
-        dHH = np.empty(A.shape[1:] if self.kind == GRU else (1, 1), dtype=A.dtype)
+        T, N, G = A.shape
+        dHH = np.empty((2, N, G) if self.kind == GRU else (2, 1, 1), dtype=A.dtype)
         has_dout = dout is not None
         if not has_dout:
             dout = np.empty((1, 1, 1), dtype=A.dtype)
-        backward_loop(self.kind, self.relu, self.addr, self.native.ilp64, A, f.Wh, dHH, S[0], Sc,
-                      hn, g, d[0], dc, dout, has_dout, np.asarray(sizes, dtype=np.int64), reverse)
+        cuts = self._parts(N, G)
+        sizes = np.asarray(sizes, dtype=np.int64)
+        panels = [_packed.pack(f.Wh[:, j0:j1]) if self.packed else _NO_PANELS
+                  for j0, j1 in zip(cuts, cuts[1:])]
+        self._run(backward_loop, lambda k, flags: (
+            self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags, A, f.Wh,
+            dHH, S[0], Sc, hn, g, d[0], dc, dout, has_dout, sizes, reverse, cuts[k],
+            cuts[k + 1]), cuts)
+
+
+_NO_PANELS = np.empty((0, 1, _packed.NR), dtype=np.float32)   # the BLAS path: no packed weights
+
+
+def _edge():
+    """Scratch for a ragged last panel (``packed.gemm``'s ``edge``), one for each part."""
+    return np.empty((_packed.MR, _packed.NR), dtype=np.float32)
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                                        # not on Linux
+        return os.cpu_count() or 1
