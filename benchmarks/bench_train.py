@@ -4,7 +4,8 @@ One training step of a language model: Embedding(V, E) -> num_layers x {LSTM, GR
 Linear(H, V) -> cross-entropy -> Adam, on a batch of B x T random tokens, float32. The libraries
 take turns in blocks of steps (``common.side_by_side``) so that machine noise hits all; the ratio
 of medians is what to read (> 1: rnnkit is faster). rnnkit runs with its products on NumPy's
-BLAS and, when ``rnnkit[mkl]`` is installed, on MKL too.
+BLAS, on its own packed kernel (``blas="packed"``, with numba) and, when ``rnnkit[mkl]`` is
+installed, on MKL too.
 
     python benchmarks/bench_train.py                     # the core issue's configurations
     python benchmarks/bench_train.py --cells lstm --hidden 512 --batch 64 --bptt 100
@@ -15,7 +16,7 @@ import time
 
 import numpy as np
 
-from rnnkit import blas
+from rnnkit import blas, packed
 from rnnkit.models.language_model import LanguageModel, LMConfig
 from rnnkit.optim import Adam
 from common import finish, parser, side_by_side
@@ -91,9 +92,11 @@ def _time(fn) -> float:
 def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_torch=True) -> dict:
     """One configuration: ``reps`` rounds of 2 timed steps each (``common.side_by_side``).
 
-    rnnkit runs on NumPy's BLAS and, when MKL loads, on MKL too; "rnnkit" is whichever of the
-    two ``blas="auto"`` takes on this machine (MKL on Intel processors only)."""
+    rnnkit runs on NumPy's BLAS, on its packed kernel (with numba) and, when MKL loads, on MKL
+    too; "rnnkit" is whichever ``blas="auto"`` takes on this machine."""
     fns = {"numpy": rnnkit_step(cell, V, E, H, L, B, T, blas_name="numpy")[0]}
+    if packed.available():
+        fns["packed"] = rnnkit_step(cell, V, E, H, L, B, T, blas_name="packed")[0]
     if blas.load_mkl() is not None:
         fns["mkl"] = rnnkit_step(cell, V, E, H, L, B, T, blas_name="mkl")[0]
     if with_torch:
@@ -105,7 +108,8 @@ def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_tor
     auto = blas.get_blas().name
     flops = matmul_flops(cell, V, E, H, L, B, T)
     row = {"cell": cell, "H": H, "layers": L, "B": B, "T": T, "V": V, "E": E, "blas": auto}
-    for key, name in (("rnnkit", auto), ("numpy_blas", "numpy"), ("mkl", "mkl")):
+    for key, name in (("rnnkit", auto), ("numpy_blas", "numpy"), ("packed", "packed"),
+                      ("mkl", "mkl")):
         if name in med:
             row.update({f"{key}_ms": med[name] * 1e3, f"{key}_tok_s": B * T / med[name]})
             if with_torch:
@@ -142,7 +146,8 @@ def main(argv=None):
               f"{r['torch_tok_s']:8,.0f} tok/s ({r['torch_ms']:6.1f} ms, "
               f"{r['torch_peak_share']:.0%}) | ratio {r['ratio']:.2f}x"
               + "".join(f" | {name}: {r[k + '_tok_s']:8,.0f} tok/s, ratio {r[k + '_ratio']:.2f}x"
-                        for k, name in (("numpy_blas", "NumPy's BLAS"), ("mkl", "MKL"))
+                        for k, name in (("numpy_blas", "NumPy's BLAS"), ("packed", "packed"),
+                                        ("mkl", "MKL"))
                         if k + "_tok_s" in r))
     return finish(rows, args.json)
 
