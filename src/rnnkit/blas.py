@@ -157,9 +157,10 @@ class PackedBlas:
     threads, each owning half of the hidden units (``nn/timeloop.py``). NumPy's OpenBLAS must
     then stay off the cores: after a product on its two threads its idle worker keeps spinning
     for about 0.1 s. So every large product here runs on rnnkit's two threads: by the packed
-    kernel where ``A``'s rows are contiguous, else (the weight gradients, ``dZ^T X``, where
-    ``A`` is a transposed view) as two halves, each on one of rnnkit's threads with OpenBLAS
-    held at one thread (its count is the process's, put back after each product)."""
+    kernel where ``A``'s rows are contiguous; else (the weight gradients ``dZ^T X``, where ``A`` is
+    a transposed view, and the bias gradient ``ones @ dZ``) as two halves, each on one of
+    rnnkit's threads with OpenBLAS held at one thread (its thread count is the process's; put
+    back after each product)."""
 
     name = "packed"
     packs = True
@@ -185,13 +186,20 @@ class PackedBlas:
             return np.matmul(a, b, out=out)
         if out is None:
             out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
-        set_threads, get_threads = _openblas_functions()
-        if (a.strides[1] == 4 and a.strides[0] % 4 == 0) or set_threads is None:
-            return _packed.matmul(a, b, out, self.pool)
         M, N = out.shape
-        h = M // 2 if M >= 2 * _packed.MR else N // 2
-        jobs = ([(a[:h], b, out[:h]), (a[h:], b, out[h:])] if M >= 2 * _packed.MR else
-                [(a, b[:, :h], out[:, :h]), (a, b[:, h:], out[:, h:])])
+        set_threads, get_threads = _openblas_functions()
+        row_major = a.strides[1] == 4 and a.strides[0] % 4 == 0
+        if (row_major and M >= 2 * _packed.MR) or set_threads is None:
+            return _packed.matmul(a, b, out, self.pool)
+        # a transposed A (the weight gradients, dZ^T X: reading dZ^T a tile at a time crosses a
+        # page at every k) or few rows (the bias gradient, ones @ dZ): two halves, each on one
+        # of rnnkit's threads, on OpenBLAS held at one thread
+        if M >= 2 * _packed.MR:
+            h = M // 2
+            jobs = [(a[:h], b, out[:h]), (a[h:], b, out[h:])]
+        else:
+            h = N // 2
+            jobs = [(a, b[:, :h], out[:, :h]), (a, b[:, h:], out[:, h:])]
         previous = get_threads()
         set_threads(1)
         try:

@@ -109,14 +109,22 @@ if numba is not None:
         return np.int64(arr.ctypes.data) + np.int64(items) * 4
 
     @_jit
-    def pack_into(B, panels):
-        """``panels (P, K, NR) <- B (K, N)`` (any strides), zero past column ``N``."""
+    def pack_into(B, panels, p0, p1):
+        """``panels[p0:p1] <- B``'s columns ``[p0 * NR, p1 * NR)`` (``B (K, N)``, any strides;
+        zero past column ``N``)."""
         K, N = B.shape
-        for p in range(panels.shape[0]):
+        for p in range(p0, p1):
+            full = (p + 1) * NR <= N
             for k in range(K):
-                for q in range(NR):
-                    j = p * NR + q
-                    panels[p, k, q] = B[k, j] if j < N else 0.0
+                row = panels[p, k]
+                if full:
+                    for q in range(NR):
+                        row[q] = B[k, p * NR + q]
+                else:
+                    for q in range(NR):
+                        j = p * NR + q
+                        row[q] = B[k, j] if j < N else 0.0
+
 
     @_jit
     def _tiles(a, rs, ks, K, panels, p, c, ldc, r0, r1, accumulate):
@@ -144,6 +152,15 @@ if numba is not None:
         rs, ks = np.int64(A.strides[0] // 4), np.int64(A.strides[1] // 4)
         ldc = np.int64(C.strides[0] // 4)
         a, c = _addr(A, 0), _addr(C, 0)
+        if ks > rs and (p1 - p0) * NR + p0 * NR <= N:
+            # a transposed A (a weight gradient, dZ^T X): a tile's rows share each cache line of
+            # A, which is large; so each tile of rows goes through every panel while it is in
+            # cache, rather than the whole of A through each panel
+            for i0 in range(r0, r1, MR):
+                i1 = min(i0 + MR, r1)
+                for p in range(p0, p1):
+                    _tiles(a, rs, ks, K, panels, p, c + p * NR * 4, ldc, i0, i1, accumulate)
+            return
         for p in range(p0, p1):
             n0 = p * NR
             if n0 + NR <= N:
@@ -159,6 +176,13 @@ if numba is not None:
                         C[i, j] = C[i, j] + v if accumulate else v
 
 
+    @_jit
+    def _pack_and_gemm(A, B, panels, C, p0, p1, r0, r1, accumulate, edge, pack):
+        """One thread's share of ``matmul``: pack its panels (when ``pack``), multiply."""
+        if pack:
+            pack_into(B, panels, p0, p1)
+        gemm(A, panels, C, p0, p1, r0, r1, accumulate, edge)
+
 def panel_count(N: int) -> int:
     return -(-N // NR)
 
@@ -168,7 +192,7 @@ def pack(B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     K, N = B.shape
     if out is None:
         out = np.empty((panel_count(N), K, NR), dtype=np.float32)
-    pack_into(B, out)
+    pack_into(B, out, 0, out.shape[0])
     return out
 
 
@@ -207,17 +231,20 @@ class Pool:
 
 def matmul(A, B, out, pool: Pool, accumulate: bool = False):
     """``out (+)= A B`` for 2-D float32 arrays (``out`` rows contiguous, apart from ``A`` and
-    ``B``): ``B`` packed, then the tiles shared by two threads when the product is not small."""
+    ``B``): ``B`` packed, then the tiles shared by two threads when the product is not small;
+    split by panels, each thread packs its own."""
     M, K = A.shape
     N = B.shape[1]
-    panels = pack(B)
-    edge = np.empty((MR, NR), dtype=np.float32)
-    edge2 = np.empty((MR, NR), dtype=np.float32)
-    P = panels.shape[0]
+    P = panel_count(N)
+    panels = np.empty((P, K, NR), dtype=np.float32)
+    edges = [np.empty((MR, NR), dtype=np.float32) for _ in range(2)]
     if M * K * N < SMALL:
-        gemm(A, panels, out, 0, P, 0, M, accumulate, edge)
+        _pack_and_gemm(A, B, panels, out, 0, P, 0, M, accumulate, edges[0], True)
         return out
-    jobs = [(A, panels, out, p0, p1, r0, r1, accumulate, e)
-            for (p0, p1, r0, r1), e in zip(split(M, P), (edge, edge2))]
-    pool.run(gemm, jobs)
+    jobs = split(M, P)
+    by_panels = jobs[0][1] < P
+    if not by_panels:
+        pack(B, panels)
+    pool.run(_pack_and_gemm, [(A, B, panels, out, p0, p1, r0, r1, accumulate, e, by_panels)
+                              for (p0, p1, r0, r1), e in zip(jobs, edges)])
     return out
