@@ -53,7 +53,7 @@ TABLES = [
         ("share of GEMM peak: rnnkit", "{peak_share:.0%}"),
         ("PyTorch", "{torch_peak_share:.0%}")]),
     ("One time step's matrix product (microseconds, GFLOP/s): NumPy's OpenBLAS on 2 threads and "
-     "on 1, MKL, and bench_gemm's packed kernel (not in rnnkit) on 1 core and on 2", "gemm", [
+     "on 1, MKL, and rnnkit's packed kernel (blas='packed') on 1 core and on 2", "gemm", [
         ("product", "{product}"), ("M", "{M}"), ("K", "{K}"), ("N", "{N}"),
         ("NumPy", "{numpy_us:.1f}"), ("GFLOP/s", "{numpy_gflops:.0f}"),
         ("NumPy 1 thread", "{numpy_1t_us:.1f}"), ("MKL", "{mkl_us:.1f}"),
