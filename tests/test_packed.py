@@ -44,7 +44,8 @@ def test_gemm_accumulates_into_a_block_of_rows_and_panels_of_a_strided_output():
     want = np.ones((21, 100), dtype=np.float32)
     want[3:18, 32:100] += (a @ b)[3:18, 32:100]
     _close(out, want, 19)
-    assert np.all(big[:2] == 1) and np.all(big[:, :10] == 1) and np.all(big[:, 110:] == 1)
+    assert np.all(big[:2] == 1) and np.all(big[23:] == 1)
+    assert np.all(big[:, :10] == 1) and np.all(big[:, 110:] == 1)
 
 
 @pytest.mark.parametrize("M,N", [(300, 200), (12, 500), (300, 20)])
@@ -102,3 +103,111 @@ def test_packed_blas_needs_numba_and_the_cpu(monkeypatch):
     monkeypatch.setenv("RNNKIT_BLAS", "packed")
     with pytest.raises(ValueError, match="numba"):
         blas.get_blas("auto")
+
+
+def test_few_rows_go_to_halves_of_the_columns():
+    """ones @ dZ, a bias gradient: two halves of the columns, on OpenBLAS at one thread."""
+    pb = blas.get_blas("packed")
+    a, b = _pair(1, 2048, 1024, seed=4)
+    _close(pb.matmul(a, b), a @ b, 2048)
+    a, b = _pair(15, 1000, 300, seed=5)
+    _close(pb.matmul(a, b), a @ b, 1000)
+
+
+def _thread_count_functions():
+    set_threads, get_threads = blas._openblas_functions()
+    if set_threads is None:
+        pytest.skip("NumPy's OpenBLAS thread count cannot be reached here")
+    return set_threads, get_threads
+
+
+def test_openblas_held_at_one_thread_during_the_halves_and_put_back(monkeypatch):
+    set_threads, get_threads = _thread_count_functions()
+    set_threads(2)
+    seen = []
+    real = np.matmul
+
+    def spy(x, y, out=None):
+        seen.append(get_threads())
+        return real(x, y, out=out)
+    pb = blas.get_blas("packed")
+    a, b = _pair(300, 200, 100, transposed=True, seed=6)
+    monkeypatch.setattr(np, "matmul", spy)
+    pb.matmul(a, b)
+    monkeypatch.setattr(np, "matmul", real)
+    assert seen == [1, 1] and get_threads() == 2
+
+    def fails(x, y, out=None):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(np, "matmul", fails)
+    with pytest.raises(RuntimeError, match="boom"):
+        pb.matmul(a, b)
+    monkeypatch.setattr(np, "matmul", real)
+    assert get_threads() == 2
+
+
+def test_thread_count_put_back_when_two_python_threads_multiply_at_once():
+    import threading
+    set_threads, get_threads = _thread_count_functions()
+    set_threads(2)
+    pb = blas.get_blas("packed")
+    a, b = _pair(300, 200, 100, transposed=True, seed=7)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(50):
+                _close(pb.matmul(a, b), a @ b, 200)
+        except Exception as e:                                    # pragma: no cover - a bug
+            errors.append(e)
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and get_threads() == 2
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_helper_thread():
+    """The parent's helper thread does not exist in a forked child (multiprocessing's default
+    on Linux): the child must start its own rather than wait for it forever."""
+    import os
+    pb = blas.get_blas("packed")
+    a, b = _pair(300, 200, 300, seed=8)
+    pb.matmul(a, b)                                        # the parent's helper exists now
+    pid = os.fork()
+    if pid == 0:                                           # the child: exit 0 when right
+        ok = False
+        try:
+            ok = np.allclose(pb.matmul(a, b), a @ b, rtol=1e-4, atol=1e-3)
+        finally:
+            os._exit(0 if ok else 1)
+    import time
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("the forked child hung")
+
+
+def test_pool_takes_at_most_two_jobs():
+    with pytest.raises(ValueError, match="two"):
+        packed.Pool().run(lambda k: None, [(0,), (1,), (2,)])
+
+
+def test_gemm_refuses_operands_of_the_wrong_shape():
+    a, b = _pair(16, 8, 40)
+    panels = packed.pack(b)
+    edge = np.empty((packed.MR, packed.NR), np.float32)
+    out = np.empty((16, 40), np.float32)
+    with pytest.raises(ValueError, match="wrong"):
+        packed.gemm(a[:, :7], panels, out, 0, 2, 0, 16, False, edge)       # K differs
+    with pytest.raises(ValueError, match="wrong"):
+        packed.gemm(a, panels, out, 0, 3, 0, 16, False, edge)              # past the panels
+    with pytest.raises(ValueError, match="wrong"):
+        packed.gemm(a, panels, out[:, ::2], 0, 1, 0, 16, False, edge)      # strided columns

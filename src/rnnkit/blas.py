@@ -1,5 +1,5 @@
 """The matrix-product seam: NumPy's ``matmul``, Intel MKL's GEMM (an optional extra), or
-rnnkit's own packed kernel (``blas="packed"``, with numba; ``PackedBlas``, ``rnnkit.packed``).
+rnnkit's own packed kernel (``blas="packed"``, with numba: ``PackedBlas``, ``rnnkit.packed``).
 
 Most of a recurrent network's time goes into matrix products, and on a CPU much of that into
 the small product of every time step, ``h W_hh^T`` with ``h`` only ``(N, H)``. On an Intel
@@ -11,7 +11,8 @@ processor MKL's GEMM runs those faster than NumPy's OpenBLAS (2-core Xeon,
     blas = get_blas("auto")            # MKL when installed on an Intel processor, else NumPy
     blas.matmul(a, b, out=c)           # c = a @ b for 2-D a, b (transposed views welcome)
 
-``name`` is ``"numpy"``, ``"mkl"`` or ``"packed"``. The NumPy one also serves CuPy (``get_blas(..., xp=cupy)``).
+``name`` is ``"numpy"``, ``"mkl"`` or ``"packed"``. The NumPy one also serves CuPy
+(``get_blas(..., xp=cupy)``).
 MKL comes from ``pip install 'rnnkit[mkl]'`` (Intel's ``mkl`` wheel, which puts ``libmkl_rt`` in
 the environment's ``lib``), from a conda environment, or from the path in ``RNNKIT_MKL``.
 ``RNNKIT_BLAS=numpy`` (or ``blas="numpy"``) turns it off. Products MKL cannot take (other
@@ -30,6 +31,7 @@ H=256, so rnnkit does not.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -39,6 +41,8 @@ import os
 import platform
 import site
 import sys
+import threading
+import warnings
 
 import numpy as np
 
@@ -176,20 +180,19 @@ class PackedBlas:
     def matmul(self, a, b, out=None):
         ok = (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2
               and a.dtype == b.dtype == np.float32 and a.shape[1] == b.shape[0]
-              and a.shape[0] * a.shape[1] * b.shape[1] >= SMALL)
+              and a.shape[0] * a.shape[1] * b.shape[1] >= SMALL
+              and a.strides[0] % 4 == 0 and a.strides[1] % 4 == 0)
         if ok and out is not None:
             ok = (type(out) is np.ndarray and out.dtype == np.float32 and out.flags.writeable
                   and out.shape == (a.shape[0], b.shape[1]) and _row_major(out)
                   and out.strides[0] >= 0 and not np.may_share_memory(out, a)
                   and not np.may_share_memory(out, b))
-        if not ok:                                  # OpenBLAS runs these on one thread itself
-            return np.matmul(a, b, out=out)
+        if not ok:                         # small, or not float32: NumPy's (OpenBLAS runs
+            return np.matmul(a, b, out=out)  # products under SMALL on one thread itself)
         if out is None:
             out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
         M, N = out.shape
-        set_threads, get_threads = _openblas_functions()
-        row_major = a.strides[1] == 4 and a.strides[0] % 4 == 0
-        if (row_major and M >= 2 * _packed.MR) or set_threads is None:
+        if (a.strides[1] == 4 and M >= 2 * _packed.MR) or _openblas_functions()[0] is None:
             return _packed.matmul(a, b, out, self.pool)
         # a transposed A (the weight gradients, dZ^T X: reading dZ^T a tile at a time crosses a
         # page at every k) or few rows (the bias gradient, ones @ dZ): two halves, each on one
@@ -200,13 +203,32 @@ class PackedBlas:
         else:
             h = N // 2
             jobs = [(a, b[:, :h], out[:, :h]), (a, b[:, h:], out[:, h:])]
-        previous = get_threads()
-        set_threads(1)
-        try:
+        with _openblas_one_thread():
             self.pool.run(lambda x, y, z: np.matmul(x, y, out=z), jobs)
-        finally:
-            set_threads(previous)
         return out
+
+
+_ONE_THREAD = threading.Lock()
+_holders = [0, None]                 # products holding OpenBLAS at one thread; the count before
+
+
+@contextlib.contextmanager
+def _openblas_one_thread():
+    """NumPy's OpenBLAS held at one thread (a process-wide setting) while any product of a
+    ``PackedBlas`` needs it, from whatever thread; the count before is put back by the last."""
+    set_threads, get_threads = _openblas_functions()
+    with _ONE_THREAD:
+        if _holders[0] == 0:
+            _holders[1] = get_threads()
+            set_threads(1)
+        _holders[0] += 1
+    try:
+        yield
+    finally:
+        with _ONE_THREAD:
+            _holders[0] -= 1
+            if _holders[0] == 0:
+                set_threads(_holders[1])
 
 
 @functools.cache
@@ -217,7 +239,7 @@ def _openblas_functions():
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for pre, suf in (("scipy_", "64_"), ("", "64_"), ("", "")):
+        for pre, suf in (("scipy_", "64_"), ("", "64_"), ("scipy_", ""), ("", "")):
             s, g = f"{pre}openblas_set_num_threads{suf}", f"{pre}openblas_get_num_threads{suf}"
             if hasattr(lib, s) and hasattr(lib, g):
                 return getattr(lib, s), getattr(lib, g)
@@ -373,4 +395,20 @@ _NUMPY = NumpyBlas(np)
 @functools.cache
 def _packed_blas() -> PackedBlas:
     """One ``PackedBlas`` for the process: its helper thread is shared by every layer."""
+    if not avx512_cpu():
+        warnings.warn("blas='packed' on a processor without AVX-512: its kernel's tile is made "
+                      "for 32 vector registers, and compiled for AVX2 it ran 2.6x slower than "
+                      "OpenBLAS (blas='numpy' is likely faster here)", RuntimeWarning,
+                      stacklevel=3)
     return PackedBlas()
+
+
+@functools.cache
+def avx512_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the processor has AVX-512 (``avx512f``), which the packed kernel is made for.
+    Linux says so in ``cpuinfo``; elsewhere this answers False."""
+    try:
+        with open(cpuinfo) as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False

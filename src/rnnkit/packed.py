@@ -25,6 +25,8 @@ float32 tolerances; ``tests/test_packed.py`` checks them against NumPy.
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import threading
 
 import numpy as np
 
@@ -50,7 +52,8 @@ if numba is not None:
 
     def _make_tile(rows: int, accumulate: bool):
         """The intrinsic ``tile(a, rs, ks, panel, c, ldc, K)``: ``C[:rows, :NR] (+)= A[:rows, :K]
-        panel``, at addresses ``a``, ``panel``, ``c`` (float32); ``rs``, ``ks``, ``ldc`` in items."""
+        panel``, at addresses ``a``, ``panel``, ``c`` (float32); ``rs``, ``ks``, ``ldc`` in
+        items."""
 
         @intrinsic
         def tile(typingctx, a, rs, ks, panel, c, ldc, K):
@@ -59,8 +62,9 @@ if numba is not None:
             def codegen(context, builder, sig, args):
                 f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
                 vec = ir.VectorType(f32, 16)
+                # fmuladd: a fused multiply-add where the CPU has one, else a multiply and an add
                 fma = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fma.v16f32")
+                    builder.module, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fmuladd.v16f32")
                 a_, rs_, ks_, w_, c_, ldc_, K_ = args
                 pa, pw, pc = (builder.inttoptr(x, f32.as_pointer()) for x in (a_, w_, c_))
 
@@ -147,12 +151,19 @@ if numba is not None:
         """``C[r0:r1, cols of panels p0..p1] (+)= A[r0:r1] B``: ``A (M, K)`` float32 with any
         strides that are whole items, ``C (M, N)`` rows of contiguous items; a last panel
         reaching past ``N`` goes through ``edge (MR, NR)`` scratch. Nothing allocated."""
-        K = A.shape[1]
+        M, K = A.shape
         N = C.shape[1]
+        if M == 0 or N == 0 or r0 >= r1 or p0 >= p1:
+            return
+        if (A.itemsize != 4 or C.itemsize != 4 or A.strides[0] % 4 or A.strides[1] % 4
+                or (N > 1 and C.strides[1] != 4) or panels.shape[1] != K
+                or panels.shape[2] != NR or p1 > panels.shape[0] or r1 > M or C.shape[0] < M
+                or edge.shape[0] < MR or edge.shape[1] < NR):
+            raise ValueError("packed.gemm: operands of the wrong type or shape")
         rs, ks = np.int64(A.strides[0] // 4), np.int64(A.strides[1] // 4)
         ldc = np.int64(C.strides[0] // 4)
         a, c = _addr(A, 0), _addr(C, 0)
-        if ks > rs and (p1 - p0) * NR + p0 * NR <= N:
+        if ks > rs and p1 * NR <= N:
             # a transposed A (a weight gradient, dZ^T X): a tile's rows share each cache line of
             # A, which is large; so each tile of rows goes through every panel while it is in
             # cache, rather than the whole of A through each panel
@@ -209,24 +220,39 @@ def split(M: int, P: int, parts: int = 2) -> list:
 
 
 class Pool:
-    """A helper thread for the second half of each product (owned by one ``PackedBlas``)."""
+    """A helper thread for the second of two jobs (owned by one ``PackedBlas``)."""
 
     def __init__(self):
-        self._executor = None
+        self._executor, self._pid = None, None
+        self._lock = threading.Lock()
+
+    def _helper(self):
+        """The executor, made on first use, and made again in a forked child (where the
+        parent's thread does not exist)."""
+        with self._lock:
+            if self._executor is None or self._pid != os.getpid():
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="rnnkit-gemm")
+                self._pid = os.getpid()
+            return self._executor
 
     def run(self, fn, jobs):
-        """``fn(*job)`` for every job, the first on a helper thread, the last on this one."""
+        """``fn(*jobs[0])`` on the helper thread and ``fn(*jobs[1])`` on this one, side by side
+        (or the one job here); returns when both have. The jobs may wait for each other (the
+        loop over time's barrier), so there are never more than two. This thread's error comes
+        first, then the helper's."""
+        if len(jobs) > 2:
+            raise ValueError(f"Pool.run takes at most two jobs, got {len(jobs)}")
         if len(jobs) == 1:
             fn(*jobs[0])
             return
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="rnnkit-gemm")
-        helper = self._executor.submit(fn, *jobs[0])
+        helper = self._helper().submit(fn, *jobs[0])
         try:
             fn(*jobs[1])
-        finally:
-            helper.result()
+        except BaseException:
+            concurrent.futures.wait([helper])
+            raise
+        helper.result()
 
 
 def matmul(A, B, out, pool: Pool, accumulate: bool = False):
@@ -242,6 +268,8 @@ def matmul(A, B, out, pool: Pool, accumulate: bool = False):
         _pack_and_gemm(A, B, panels, out, 0, P, 0, M, accumulate, edges[0], True)
         return out
     jobs = split(M, P)
+    if not jobs:                                          # no rows or no columns
+        return out
     by_panels = jobs[0][1] < P
     if not by_panels:
         pack(B, panels)

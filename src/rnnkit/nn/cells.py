@@ -27,8 +27,9 @@ Internal layout (details of speed, invisible at the API):
   per step: numba on the CPU (``fused.py``) when numba is installed, CuPy on the GPU
   (``fused_cuda.py``). They give the same numbers. With numba, the sequence layers also run
   the loop over time compiled (``timeloop.py``), calling the same kernels.
-- *Two implementations of the matrix products* (``rnnkit.blas``, the ``blas`` argument): the
-  array module's ``matmul``, or MKL's GEMM when it is installed. They agree to rounding.
+- *Three implementations of the matrix products* (``rnnkit.blas``, the ``blas`` argument): the
+  array module's ``matmul``, MKL's GEMM when it is installed, or rnnkit's own packed kernel
+  (``blas="packed"``). They agree to rounding.
 
 Shapes: ``N`` batch, ``D`` input size, ``H`` hidden size, ``G`` = gates * H. A step ``t`` reads
 the previous state from slot ``p`` of ``S`` and writes the new one to slot ``t + 1``. Only the
@@ -101,7 +102,7 @@ class _Cell(Module):
         # or one ufunc per operation; the same numbers either way
         self._k = _kernel_module(kernels, self.xp)
         self.fused_kernels = self._k is not None
-        # the matrix products: NumPy's matmul, or MKL's GEMM (``rnnkit.blas``)
+        # the matrix products: NumPy's matmul, MKL's GEMM or the packed kernel (rnnkit.blas)
         self.blas = _blas.get_blas(blas, self.xp)
         rng = _rng(rng)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias

@@ -72,6 +72,8 @@ if numba is not None:
     # loop it vectorises. ``R (N, gates * W)`` is the step's recurrent product h W_hh^T, computed
     # by BLAS just before; ``bias (G,)`` is added here rather than to all of A at once (one pass
     # fewer). Backward kernels overwrite the step's activations in A with the gate gradients.
+    # Inside a row, each gate's block is taken as a slice of its own: numba vectorises loops
+    # over slices, where it did not vectorise the same loops indexing whole rows at g * H + j.
     #
     # The ``*_cols`` kernels do only the hidden units ``[j0, j1)`` (every gate's columns for
     # them), and their ``R`` holds just those units' gates, ``W = j1 - j0`` columns a gate: the

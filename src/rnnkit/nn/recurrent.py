@@ -15,8 +15,9 @@ How the loop is made fast, every part tested equal to stepping the cell by hand:
 - the per-step kernels only do ``h W_hh^T`` and the elementwise work, into reused buffers;
 - with numba installed, the loop over time itself is compiled (``timeloop.py``): the same
   products and kernels, without Python between steps;
-- the matrix products go to ``rnnkit.blas``: NumPy's ``matmul``, or MKL's GEMM when it is
-  installed (the ``blas`` argument, passed on to the cells, says which);
+- the matrix products go to ``rnnkit.blas``: NumPy's ``matmul``, MKL's GEMM when it is
+  installed, or rnnkit's packed kernel, whose loop over time runs on two threads (the ``blas``
+  argument, passed on to the cells, says which);
 - the weight gradients of all steps are one matrix product each (``cells._Cell.weight_grads``).
 
 Variable lengths (``lengths``, what PyTorch's PackedSequence does): the batch is sorted longest

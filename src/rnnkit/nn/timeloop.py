@@ -23,6 +23,8 @@ CPU and its BLAS can be found; otherwise the sequence layer loops in Python.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 
 import numpy as np
@@ -33,6 +35,7 @@ from . import fused as _fused
 RNN, LSTM, GRU = 0, 1, 2
 THREADED = 1 << 18     # blas='packed': fewer multiply-adds a step and the loop stays on one thread
 MIN_UNITS = 32         # ... and so it does with fewer hidden units than this a thread
+SPINS = 1 << 14        # spins of a barrier's wait between two sched_yield calls
 
 if _fused.available():
     import numba
@@ -106,19 +109,35 @@ if _fused.available():
             _cblas_gemm(addr, np.int32(m), np.int32(n), np.int32(k), one, a, np.int32(lda), b,
                         np.int32(ldb), beta, c, np.int32(ldc))
 
+    @intrinsic
+    def _call_void(typingctx, addr):
+        """Call the C function ``void f(void)`` at address ``addr``."""
+        sig = types.void(addr)
+
+        def codegen(context, builder, sig, args):
+            fnty = ir.FunctionType(ir.VoidType(), [])
+            builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [])
+            return context.get_dummy_value()
+        return sig, codegen
+
     @_jit
     def _sync(flags, part, n):
         """A barrier: this part has reached point ``n``; wait until every part has. ``flags``
-        holds each part's point, then an abort flag: False when another part has failed. The
-        release store and acquire loads make each part's writes before the barrier visible to
-        the others after it. The wait spins (a step lasts tens of microseconds, less than
-        waking a sleeping thread costs)."""
-        parts = flags.shape[0] - 1
+        holds each part's point, an abort flag (False is returned when another part has
+        failed) and the address of ``sched_yield`` (or 0). The release store and acquire loads
+        make each part's writes before the barrier visible to the others after it. The wait
+        spins (a step lasts tens of microseconds, less than waking a sleeping thread costs),
+        and yields the core now and then, in case the other part is waiting for it."""
+        parts = flags.shape[0] - 2
         _store_release(flags, part, n)
         for k in range(parts):
+            spins = 0
             while _load_acquire(flags, k) < n:
                 if _load_acquire(flags, parts) != 0:
                     return False
+                spins += 1
+                if spins % SPINS == 0 and flags[parts + 1] != 0:
+                    _call_void(flags[parts + 1])
         return True
 
     @_jit
@@ -211,9 +230,9 @@ class TimeLoop:
     """The compiled loop for one cell: ``forward`` and ``backward`` over a whole direction.
 
     With ``blas="packed"`` (float32), the recurrent weights are packed once per call
-    (``rnnkit.packed``) and, where a step's product is large enough and two cores are free,
-    two threads share it: each computes its half of the panels, part 0 runs the kernel, and two
-    barriers a step keep them in order."""
+    (``rnnkit.packed``) and, where a step's product is large enough and the process may run on
+    two cores, two threads share the loop: each owns half of the hidden units (its columns of
+    the product, its part of the kernel) and one barrier a step keeps them in order."""
 
     def __init__(self, cell, native):
         self.cell, self.native = cell, native
@@ -237,8 +256,8 @@ class TimeLoop:
 
     def _parts(self, N, G):
         """The units' bounds ``[0, ..., H]``: two parts (whole panels of 32 columns where ``H``
-        allows) for ``blas="packed"``, when a step's product is large enough and two cores are
-        free; else one."""
+        allows) for ``blas="packed"``, when a step's product is large enough and the process may
+        run on two cores; else one."""
         H = self.cell.hidden_size
         if self.packed and N * G * H >= THREADED and H >= 2 * MIN_UNITS and _cores() >= 2:
             mid = H // 2 if H < 128 else round(H / 64) * 32
@@ -248,7 +267,8 @@ class TimeLoop:
     def _run(self, loop, args, cuts):
         """``loop(*args(part, flags))`` for each part, part 1 on the backend's helper thread."""
         parts = len(cuts) - 1
-        flags = np.zeros(parts + 1, dtype=np.int64)           # each part's step; abort flag
+        flags = np.zeros(parts + 2, dtype=np.int64)      # each part's step, abort, sched_yield
+        flags[-1] = _sched_yield()
 
         def part(k):
             try:
@@ -308,6 +328,15 @@ _NO_PANELS = np.empty((0, 1, _packed.NR), dtype=np.float32)   # the BLAS path: n
 def _edge():
     """Scratch for a ragged last panel (``packed.gemm``'s ``edge``), one for each part."""
     return np.empty((_packed.MR, _packed.NR), dtype=np.float32)
+
+
+@functools.cache
+def _sched_yield() -> int:
+    """The address of the C library's ``sched_yield``, or 0 where there is none."""
+    try:
+        return ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value or 0
+    except (OSError, AttributeError, TypeError):                  # pragma: no cover - not POSIX
+        return 0
 
 
 def _cores() -> int:
