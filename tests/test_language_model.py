@@ -83,6 +83,25 @@ def test_stepper_equals_forward(cell, layers):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_stepper_of_a_packed_model():
+    """blas="packed": the model trains on the packed kernel, the stepper multiplies with NumPy
+    (packing the weights at every step would cost more than the step); same logits."""
+    from rnnkit import blas, packed
+    if not packed.available():
+        pytest.skip("needs numba")
+    cfg = LMConfig(vocab_size=11, cell="lstm", embedding_size=8, hidden_size=64, num_layers=2,
+                   dropout=0.0)
+    model = LanguageModel(cfg, rng=np.random.default_rng(0), blas="packed")
+    model.eval()
+    x = np.random.default_rng(1).integers(0, 11, (40, 5))
+    model.reset_state()
+    want = model(x)
+    stepper = Stepper(model, batch_size=40)
+    assert stepper._blas is blas.get_blas("numpy")
+    got = np.stack([stepper.step(x[:, t]) for t in range(5)], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_init_range_and_config_round_trip():
     model = small(init_range=0.1)
     assert all(np.abs(p).max() <= 0.1 for p in model.params)

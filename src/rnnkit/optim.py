@@ -322,13 +322,19 @@ def clip_grad_norm(grads, max_norm: float) -> float:
     their global L2 norm, and return ``total`` (before clipping), as torch's clip_grad_norm_.
     A non-finite ``total`` is returned with the gradients untouched: the caller decides."""
     _nonneg("clip_grad_norm", max_norm=max_norm)
-    squares = [array_module(g).vdot(g.ravel(), g.ravel()) for g in grads]
+    squares = [fused.sum_squares(g.reshape(-1)) if _fast_host(g) else
+               array_module(g).vdot(g.ravel(), g.ravel()) for g in grads]
     total = math.sqrt(float(sum(squares)))             # one device sync, not one per array
     coef = max_norm / (total + 1e-6)
     if math.isfinite(total) and coef < 1.0:
         for g in grads:
             g *= coef
     return total
+
+
+def _fast_host(g) -> bool:
+    """A contiguous NumPy array that the numba kernels can take."""
+    return fused.available() and isinstance(g, np.ndarray) and g.flags.c_contiguous
 
 
 def clip_grad_value(grads, clip_value: float) -> None:

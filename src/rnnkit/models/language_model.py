@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from ..blas import get_blas
 from ..nn import GRU, LSTM, RNN, Dropout, Embedding, Linear, Module, SoftmaxCrossEntropy
 
 CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
@@ -162,6 +163,8 @@ class Stepper:
         self._tmp = [c.new_tmp(batch_size) for c in self.cells]
         self._A = [xp.empty((1, batch_size, f.WxT.shape[1]), dtype=dt) for f in self.fused]
         self._blas = self.cells[0].blas                                   # the model's products
+        if getattr(self._blas, "packs", False):   # blas='packed' would pack the weights again
+            self._blas = get_blas("numpy", xp)    # at every step: NumPy's products here
         self._emb_proj = self._blas.matmul(model.embedding.weight, self.fused[0].WxT)   # (V, G)
         self._Wh0 = self._weight(self.fused[0].WhT)
         # layers >= 1: one product [x, h] [W_ih^T; W_hh^T] (D + H, G) into A, and R = 0; the

@@ -256,6 +256,17 @@ if numba is not None:
         return V - 1
 
     # -- optimiser ----------------------------------------------------------------------------------
+    @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+    def sum_squares(x):
+        """``sum(x_i^2)`` over a flat array, accumulated in float64, in one pass, without BLAS:
+        NumPy's ``vdot`` calls OpenBLAS's dot, which runs on OpenBLAS's threads for long
+        arrays and leaves its idle worker spinning on a core (``blas.PackedBlas``)."""
+        total = 0.0
+        for i in range(x.shape[0]):
+            v = np.float64(x[i])
+            total += v * v
+        return total
+
     _jit_exact = numba.njit(nogil=True, cache=True, error_model="numpy")   # no FMA: same bits
 
     @_jit_exact
