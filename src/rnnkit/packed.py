@@ -194,6 +194,7 @@ if numba is not None:
             pack_into(B, panels, p0, p1)
         gemm(A, panels, C, p0, p1, r0, r1, accumulate, edge)
 
+
 def panel_count(N: int) -> int:
     return -(-N // NR)
 
