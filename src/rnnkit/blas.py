@@ -231,21 +231,6 @@ def _openblas_one_thread():
                 set_threads(_holders[1])
 
 
-@functools.cache
-def _openblas_functions():
-    """NumPy's OpenBLAS ``(set_num_threads, get_num_threads)`` (ctypes), or ``(None, None)``."""
-    for path in _openblas_files():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for pre, suf in (("scipy_", "64_"), ("", "64_"), ("scipy_", ""), ("", "")):
-            s, g = f"{pre}openblas_set_num_threads{suf}", f"{pre}openblas_get_num_threads{suf}"
-            if hasattr(lib, s) and hasattr(lib, g):
-                return getattr(lib, s), getattr(lib, g)
-    return None, None
-
-
 @dataclasses.dataclass(frozen=True)
 class NativeGemm:
     """A BLAS's ``cblas_sgemm`` and ``cblas_dgemm`` for compiled code to call by address
@@ -276,8 +261,9 @@ def _openblas_files():
 
 
 @functools.cache
-def _numpy_openblas():
-    """``NativeGemm`` of NumPy's OpenBLAS, or None. NumPy's wheels carry a 64-bit-integer
+def _numpy_openblas_library():
+    """``(lib, prefix, suffix, ilp64)`` of NumPy's OpenBLAS (the first library that has its
+    ``cblas_sgemm`` and ``cblas_dgemm``), or None. NumPy's wheels carry a 64-bit-integer
     OpenBLAS whose symbols are prefixed ``scipy_`` and suffixed ``64_``; older ones or the
     system's are plain ``cblas_sgemm``."""
     for path in _openblas_files():
@@ -287,10 +273,33 @@ def _numpy_openblas():
             continue
         for pre, suf, ilp64 in (("scipy_", "64_", True), ("", "64_", True), ("scipy_", "", False),
                                 ("", "", False)):
-            s, d = f"{pre}cblas_sgemm{suf}", f"{pre}cblas_dgemm{suf}"
-            if hasattr(lib, s) and hasattr(lib, d):
-                return NativeGemm(_address(getattr(lib, s)), _address(getattr(lib, d)), ilp64)
+            if hasattr(lib, f"{pre}cblas_sgemm{suf}") and hasattr(lib, f"{pre}cblas_dgemm{suf}"):
+                return lib, pre, suf, ilp64
     return None
+
+
+@functools.cache
+def _numpy_openblas():
+    """``NativeGemm`` of NumPy's OpenBLAS, or None."""
+    found = _numpy_openblas_library()
+    if found is None:
+        return None
+    lib, pre, suf, ilp64 = found
+    return NativeGemm(_address(getattr(lib, f"{pre}cblas_sgemm{suf}")),
+                      _address(getattr(lib, f"{pre}cblas_dgemm{suf}")), ilp64)
+
+
+@functools.cache
+def _openblas_functions():
+    """NumPy's OpenBLAS ``(set_num_threads, get_num_threads)`` (ctypes), or ``(None, None)``."""
+    found = _numpy_openblas_library()
+    if found is None:
+        return None, None
+    lib, pre, suf, _ = found
+    names = (f"{pre}openblas_set_num_threads{suf}", f"{pre}openblas_get_num_threads{suf}")
+    if not all(hasattr(lib, n) for n in names):
+        return None, None
+    return getattr(lib, names[0]), getattr(lib, names[1])
 
 
 def _row_major(a) -> bool:

@@ -40,8 +40,7 @@ SPINS = 1 << 14        # spins of a barrier's wait between two sched_yield calls
 if _fused.available():
     import numba
     from llvmlite import ir
-    from numba.core import types
-    from numba.core import cgutils
+    from numba.core import cgutils, types
     from numba.extending import intrinsic
 
     @intrinsic
