@@ -48,6 +48,50 @@ def test_gemm_accumulates_into_a_block_of_rows_and_panels_of_a_strided_output():
     assert np.all(big[:, :10] == 1) and np.all(big[:, 110:] == 1)
 
 
+@pytest.mark.parametrize("K", [1, 64, 513])
+def test_gemm_in_blocks_of_rows_each_through_every_panel(K):
+    """Many rows: blocks of rows go through all panels in turn (a ragged last panel too), and
+    a part of the rows starts and ends inside blocks; accumulating or not."""
+    M, N = 1000, 70
+    a, b = _pair(M, K, N, seed=3)
+    mc = max(packed.MR, min(packed.MC_ROWS, packed.MC_BYTES // (4 * K) // packed.MR * packed.MR))
+    assert M > 3 * mc                                   # several blocks
+    panels = packed.pack(b)
+    edge = np.empty((packed.MR, packed.NR), np.float32)
+    out = np.full((M, N), np.nan, dtype=np.float32)
+    packed.gemm(a, panels, out, 0, panels.shape[0], 0, M, False, edge)
+    _close(out, a @ b, K)
+    r0, r1 = mc // 2 + 3, M - mc // 2 - 5
+    out2 = np.ones((M, N), dtype=np.float32)
+    packed.gemm(a, panels, out2, 0, panels.shape[0], r0, r1, True, edge)
+    want = np.ones((M, N), dtype=np.float32)
+    want[r0:r1] += (a @ b)[r0:r1]
+    _close(out2, want, K)
+
+
+def test_pack_rows_t_is_pack_of_the_scaled_rows_transposed():
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((90, 37)).astype(np.float32)
+    rows = rng.permutation(90)[:70]
+    scale = rng.choice(np.array([0.5, 1.0], np.float32), 70)
+    panels = np.full((packed.panel_count(70), 37, packed.NR), np.nan, dtype=np.float32)
+    packed.pack_rows_t(W, rows, scale, panels)
+    np.testing.assert_array_equal(panels, packed.pack((W[rows] * scale[:, None]).T))
+    with pytest.raises(ValueError, match="wrong shape"):
+        packed.pack_rows_t(W, rows, scale, panels[:, :36])
+
+
+def test_pack_rows_is_pack_of_a_block_of_the_rows():
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((80, 100)).astype(np.float32)
+    rows = rng.permutation(80)
+    panels = np.full((packed.panel_count(45), 80, packed.NR), np.nan, dtype=np.float32)
+    packed.pack_rows(W, rows, 30, 75, panels)
+    np.testing.assert_array_equal(panels, packed.pack(W[rows][:, 30:75]))
+    with pytest.raises(ValueError, match="wrong shape"):
+        packed.pack_rows(W, rows[:79], 30, 75, panels)
+
+
 @pytest.mark.parametrize("M,N", [(300, 200), (12, 500), (300, 20)])
 def test_matmul_on_two_threads(M, N):
     """Split by panels, and by rows where there is one panel."""

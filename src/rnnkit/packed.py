@@ -40,6 +40,8 @@ except ImportError:                                   # pragma: no cover - numba
 
 NR, MR = 32, 8                                        # a tile: MR rows by NR columns
 SMALL = 1 << 16                                       # fewer multiply-adds: one thread
+MC_BYTES = 1 << 16                                    # a block of A's rows: about this much
+MC_ROWS = 128                                         # ... and at most this many rows
 
 
 def available() -> bool:
@@ -131,6 +133,41 @@ if numba is not None:
 
 
     @_jit
+    def pack_rows_t(W, rows, scale, panels):
+        """``panels <- (W[rows] * scale[:, None])^T``: column ``c`` of the packed matrix is row
+        ``rows[c]`` of ``W (R, K)`` times ``scale[c]`` (zero past ``len(rows)``). A recurrent
+        layer's ``W_hh^T`` (or ``W_ih^T``) in the kernels' gate order and scale, packed straight
+        from the parameter."""
+        C, K = rows.shape[0], W.shape[1]
+        if panels.shape[0] * NR < C or panels.shape[1] != K or panels.shape[2] != NR:
+            raise ValueError("packed.pack_rows_t: panels of the wrong shape")
+        for p in range(panels.shape[0]):
+            for q in range(NR):
+                c = p * NR + q
+                if c < C:
+                    w, sc = W[rows[c]], scale[c]
+                    for k in range(K):
+                        panels[p, k, q] = w[k] * sc
+                else:
+                    for k in range(K):
+                        panels[p, k, q] = 0.0
+
+    @_jit
+    def pack_rows(W, rows, c0, c1, panels):
+        """``panels <- W[rows, c0:c1]`` (``W (R, N)``; zero past column ``c1``): the backward
+        product's ``W_hh`` in the kernels' gate order, a part's columns, packed straight from
+        the parameter."""
+        K, C = rows.shape[0], c1 - c0
+        if panels.shape[0] * NR < C or panels.shape[1] != K or panels.shape[2] != NR:
+            raise ValueError("packed.pack_rows: panels of the wrong shape")
+        for p in range(panels.shape[0]):
+            for k in range(K):
+                w, row = W[rows[k]], panels[p, k]
+                for q in range(NR):
+                    c = p * NR + q
+                    row[q] = w[c0 + c] if c < C else 0.0
+
+    @_jit
     def _tiles(a, rs, ks, K, panels, p, c, ldc, r0, r1, accumulate):
         """Rows ``[r0, r1)`` of ``C``'s columns of panel ``p``, whole tiles then single rows."""
         w = _addr(panels, p * K * NR)
@@ -172,19 +209,24 @@ if numba is not None:
                 for p in range(p0, p1):
                     _tiles(a, rs, ks, K, panels, p, c + p * NR * 4, ldc, i0, i1, accumulate)
             return
-        for p in range(p0, p1):
-            n0 = p * NR
-            if n0 + NR <= N:
-                _tiles(a, rs, ks, K, panels, p, c + n0 * 4, ldc, r0, r1, accumulate)
-                continue
-            for i0 in range(r0, r1, MR):                           # the ragged last panel
-                i1 = min(i0 + MR, r1)
-                _tiles(a + i0 * rs * 4, rs, ks, K, panels, p, _addr(edge, 0), np.int64(NR), 0,
-                       i1 - i0, False)
-                for i in range(i0, i1):
-                    for j in range(n0, N):
-                        v = edge[i - i0, j - n0]
-                        C[i, j] = C[i, j] + v if accumulate else v
+        # blocks of rows, each through every panel: the block of A stays in cache, and C is
+        # written a few rows (pages) at a time, not a strip down all of them per panel
+        mc = max(MR, min(MC_ROWS, (MC_BYTES // (4 * max(K, 1))) // MR * MR))
+        for b0 in range(r0, r1, mc):
+            b1 = min(b0 + mc, r1)
+            for p in range(p0, p1):
+                n0 = p * NR
+                if n0 + NR <= N:
+                    _tiles(a, rs, ks, K, panels, p, c + n0 * 4, ldc, b0, b1, accumulate)
+                    continue
+                for i0 in range(b0, b1, MR):                       # the ragged last panel
+                    i1 = min(i0 + MR, b1)
+                    _tiles(a + i0 * rs * 4, rs, ks, K, panels, p, _addr(edge, 0), np.int64(NR),
+                           0, i1 - i0, False)
+                    for i in range(i0, i1):
+                        for j in range(n0, N):
+                            v = edge[i - i0, j - n0]
+                            C[i, j] = C[i, j] + v if accumulate else v
 
 
     @_jit
