@@ -37,8 +37,8 @@ first ``b`` rows are active (variable-length batches sorted by length, longest f
 """
 from __future__ import annotations
 
+import functools
 import math
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -81,6 +81,63 @@ def _transposed(W):
     for i in range(0, W.shape[0], 64):
         out[:, i:i + 64] = W[i:i + 64].T
     return out
+
+
+class Fused:
+    """A cell's weights laid out for the kernels, each made from the parameters when first read
+    (cheap: O(G*(D+H))), so that a path that does not need one does not pay for it: the packed
+    loop over time packs the parameters themselves (``timeloop.py``). A forward pass and its
+    backward pass see the same parameters, as in PyTorch, which refuses a backward after an
+    in-place change of a weight.
+
+    ``WxT (D, G)`` and ``WhT (H, G)``: reordered, scaled, transposed (``WxT`` as a view), for the
+    forward products ``x W_ih^T`` and ``h W_hh^T``; ``Wx (G, D)`` and ``Wh (G, H)``: reordered and
+    unscaled, for the backward ones ``dZ W_ih`` and ``dZ W_hh``; ``b (G,)``: the bias the kernels
+    add (``b_ih + b_hh`` where the two add up, scaled); ``b_hn (H,)``: the GRU's recurrent bias of
+    the candidate (empty for the other cells). ``order`` (fused row -> PyTorch row, or None) and
+    ``scale (G,)`` (1/2 on the rows of the sigmoid gates) say how the fused rows are made.
+    """
+
+    def __init__(self, cell):
+        xp, H, G = cell.xp, cell.hidden_size, cell.gates * cell.hidden_size
+        self._cell, self.order = cell, cell._perm
+        self.scale = xp.ones(G, dtype=cell.dtype)
+        self.scale[: cell.sigmoid_blocks * H] = 0.5
+        if cell.bias:
+            b_ih, b_hh = cell.bias_ih, cell.bias_hh
+            if self.order is not None:
+                b_ih, b_hh = b_ih[self.order], b_hh[self.order]
+            b = b_ih + b_hh
+            self.b_hn = cell._recurrent_candidate_bias(b, b_ih, b_hh)
+            self.b = b * self.scale
+        else:
+            self.b = xp.zeros(G, dtype=cell.dtype)
+            self.b_hn = xp.zeros(H if cell.gates == 3 else 0, dtype=cell.dtype)
+
+    def _rows(self, W):
+        return W if self.order is None else W[self.order]
+
+    @functools.cached_property
+    def Wx(self):
+        W = self._cell.weight_ih
+        if self.order is None or self._cell.xp is not np:
+            return self._rows(W)
+        # into the cell's buffer: all of a cell's Fused are made from the same parameters
+        return np.take(W, self.order, axis=0, out=self._cell._scratch("Wx", W.shape))
+
+    @functools.cached_property
+    def Wh(self):
+        return self._rows(self._cell.weight_hh)
+
+    @functools.cached_property
+    def WxT(self):
+        # may stay a transposed view: the one big product per sequence takes it as fast
+        return (self.Wx * self.scale[:, None]).T
+
+    @functools.cached_property
+    def WhT(self):
+        # copied: the small per-step products run faster on a contiguous one
+        return _transposed(self.Wh * self.scale[:, None])
 
 
 class _Cell(Module):
@@ -128,37 +185,18 @@ class _Cell(Module):
             self._perm_cache = None if order is None else self.xp.asarray(order)
         return self._perm_cache
 
-    def fused(self) -> SimpleNamespace:
-        """Weights laid out for the kernels, recomputed from the parameters (cheap: O(G*(D+H))).
+    def _scratch(self, name, shape):
+        """A buffer this cell reuses from call to call (a fresh array of a megabyte costs its
+        page faults every time)."""
+        ws = self.__dict__.setdefault("_scratch_ws", {})
+        b = ws.get(name)
+        if b is None or b.shape != shape:
+            b = ws[name] = self.xp.empty(shape, dtype=self.dtype)
+        return b
 
-        ``WxT (D, G)`` and ``WhT (H, G)``: reordered, scaled, transposed (``WxT`` as a view), for
-        the forward products ``x W_ih^T`` and ``h W_hh^T``; ``Wx (G, D)`` and ``Wh (G, H)``: reordered and
-        unscaled, for the backward ones ``dZ W_ih`` and ``dZ W_hh``; ``b (G,)``: the bias the
-        kernels add (``b_ih + b_hh`` where the two add up, scaled); ``b_hn (H,)``: the GRU's
-        recurrent bias of the candidate (empty for the other cells).
-        """
-        xp, H, G = self.xp, self.hidden_size, self.gates * self.hidden_size
-        order = self._perm
-        Wih, Whh = self.weight_ih, self.weight_hh
-        if order is not None:
-            Wih, Whh = Wih[order], Whh[order]
-        scale = xp.ones(G, dtype=self.dtype)
-        scale[: self.sigmoid_blocks * H] = 0.5
-        # W_ih^T may stay a transposed view (the one big product per sequence takes it as fast);
-        # W_hh^T is copied, because the small per-step products run faster on a contiguous one
-        f = SimpleNamespace(WxT=(Wih * scale[:, None]).T, WhT=_transposed(Whh * scale[:, None]),
-                            Wx=Wih, Wh=Whh)
-        if self.bias:
-            b_ih, b_hh = self.bias_ih, self.bias_hh
-            if order is not None:
-                b_ih, b_hh = b_ih[order], b_hh[order]
-            b = b_ih + b_hh
-            f.b_hn = self._recurrent_candidate_bias(b, b_ih, b_hh)
-            f.b = b * scale
-        else:
-            f.b = xp.zeros(G, dtype=self.dtype)
-            f.b_hn = xp.zeros(H if self.gates == 3 else 0, dtype=self.dtype)
-        return f
+    def fused(self) -> "Fused":
+        """Weights laid out for the kernels, from the parameters as they are now (``Fused``)."""
+        return Fused(self)
 
     def _recurrent_candidate_bias(self, b, b_ih, b_hh):
         return b_hh[:0]
@@ -178,7 +216,8 @@ class _Cell(Module):
         order = self._perm
         g = self._grads
         dW_ih, dW_hh = (g["weight_ih"], g["weight_hh"]) if order is None else (
-            xp.empty_like(g["weight_ih"]), xp.empty_like(g["weight_hh"]))
+            self._scratch("dW_ih", g["weight_ih"].shape),
+            self._scratch("dW_hh", g["weight_hh"].shape))
         mm = self.blas.matmul
         mm(dZ.T, X, out=dW_ih)
         if dHn is None:
