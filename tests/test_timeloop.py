@@ -98,6 +98,39 @@ def test_packed_loop_equals_python_loop(monkeypatch, kind, bidir, lengths, parts
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_packed_loop_reuses_its_buffers_across_calls(monkeypatch, kind):
+    """The loop is kept on the cell, and its packed weights and scratch from call to call: after
+    calls with other batch sizes (one part, two parts) and a change of the weights, a call gives
+    what a new layer with those weights gives."""
+    from rnnkit import packed
+    from rnnkit.nn import timeloop
+    if not packed.available():
+        pytest.skip("needs numba")
+    monkeypatch.setattr(timeloop, "MIN_UNITS", 4)
+    monkeypatch.setattr(timeloop, "_cores", lambda: 2)
+    cls, extra = LAYERS[kind]
+    rng = np.random.default_rng(7)
+    r = lambda *s: rng.standard_normal(s).astype(np.float32)             # noqa: E731
+    layer = cls(6, 37, num_layers=2, rng=np.random.default_rng(1), blas="packed", **extra)
+    cell = layer.cells[0][0]
+    G = cell.gates * 37
+    monkeypatch.setattr(timeloop, "THREADED", 5 * G * 37)              # 2 parts from N = 5 on
+    loop = TimeLoop.for_cell(cell)
+    assert loop is TimeLoop.for_cell(cell)
+    assert [len(loop._parts(N, G)) - 1 for N in (11, 3, 8)] == [2, 1, 2]
+    for N in (11, 3, 8):
+        run(layer, r(N, 5, 6), None, None, r(N, 5, 37), None)
+    for p in layer.params:
+        p += 0.01 * r(*p.shape)
+    fresh = cls(6, 37, num_layers=2, rng=np.random.default_rng(1), blas="packed", **extra)
+    for p, q in zip(fresh.params, layer.params):
+        p[...] = q
+    inputs = (r(8, 5, 6), None, None, r(8, 5, 37), None)
+    for a, b in zip(run(layer, *inputs), run(fresh, *inputs)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_packed_loop_keeps_float64_on_numpys_blas():
     layer = LSTM(4, 8, dtype=np.float64, blas="packed")
     loop = TimeLoop.for_cell(layer.cells[0][0])

@@ -241,17 +241,48 @@ class TimeLoop:
         self.addr = 0 if self.packed else (native.sgemm if cell.dtype == np.float32
                                            else native.dgemm)
         self.ilp64 = False if self.packed else native.ilp64
+        self._ws = {}                     # the packed loop's reused buffers, by name and shape
 
     @classmethod
     def for_cell(cls, cell):
-        """The loop for ``cell``, or None where it computes with NumPy's ufuncs, on the GPU,
-        or with a BLAS whose GEMM cannot be found."""
-        if not (available() and cell.xp is np and cell._k is _fused):
-            return None
-        if getattr(cell.blas, "packs", False) and cell.dtype == np.float32:
-            return cls(cell, None)
-        native = cell.blas.native()
-        return None if native is None else cls(cell, native)
+        """The loop for ``cell`` (made once, kept on the cell), or None where it computes with
+        NumPy's ufuncs, on the GPU, or with a BLAS whose GEMM cannot be found."""
+        key = (cell.blas, cell._k, cell.xp, cell.dtype)
+        kept = cell.__dict__.get("_timeloop")
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        loop = None
+        if available() and cell.xp is np and cell._k is _fused:
+            if getattr(cell.blas, "packs", False) and cell.dtype == np.float32:
+                loop = cls(cell, None)
+            else:
+                native = cell.blas.native()
+                loop = None if native is None else cls(cell, native)
+        cell._timeloop = (key, loop)
+        return loop
+
+    def _buf(self, name, shape):
+        """A reused buffer (float32: only the packed loop keeps any): a fresh array of this
+        size at every call would cost its page faults every time."""
+        b = self._ws.get(name)
+        if b is None or b.shape != shape:
+            b = self._ws[name] = np.empty(shape, dtype=np.float32)
+        return b
+
+    def _columns(self, cuts):
+        """For each part of ``cuts``: its columns of the fused gates (each gate's units
+        ``[j0, j1)``), and for each of them the parameter's row and the scale (``cells.Fused``)."""
+        key = ("cols", tuple(cuts))
+        if key not in self._ws:
+            H, gates = self.cell.hidden_size, self.cell.gates
+            f = self.cell.fused()
+            order = np.arange(gates * H) if f.order is None else np.asarray(f.order)
+            parts = []
+            for j0, j1 in zip(cuts, cuts[1:]):
+                cols = np.concatenate([np.arange(g * H + j0, g * H + j1) for g in range(gates)])
+                parts.append((order[cols], np.ascontiguousarray(f.scale[cols])))
+            self._ws[key] = (order, parts)
+        return self._ws[key]
 
     def _parts(self, N, G):
         """The units' bounds ``[0, ..., H]``: two parts (whole panels of 32 columns where ``H``
@@ -289,16 +320,19 @@ class TimeLoop:
         H, gates = self.cell.hidden_size, self.cell.gates
         cuts = self._parts(N, G)
         sizes = np.asarray(sizes, dtype=np.int64)
-        panels, R = [_NO_PANELS], [np.empty((N, G), dtype=A.dtype)]
-        if self.packed:                                           # each part's columns, packed
-            panels, R = [], []
-            for j0, j1 in zip(cuts, cuts[1:]):
-                cols = np.concatenate([np.arange(g * H + j0, g * H + j1) for g in range(gates)])
-                panels.append(_packed.pack(f.WhT[:, cols]))
-                R.append(np.empty((N, len(cols)), dtype=A.dtype))
+        if self.packed:               # each part's columns of W_hh^T, packed from the parameter
+            WhT, panels, R = _NO_WEIGHTS, [], []
+            _, cols = self._columns(cuts)
+            for k, (rows, scale) in enumerate(cols):
+                P = _packed.panel_count(len(rows))
+                panels.append(self._buf(f"Whh{k}", (P, H, _packed.NR)))
+                _packed.pack_rows_t(self.cell.weight_hh, rows, scale, panels[k])
+                R.append(self._buf(f"R{k}", (N, len(rows))))
+        else:
+            WhT, panels, R = f.WhT, [_NO_PANELS], [np.empty((N, G), dtype=A.dtype)]
         self._run(forward_loop, lambda k, flags: (
             self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags, A, R[k],
-            f.WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k], cuts[k + 1]), cuts)
+            WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k], cuts[k + 1]), cuts)
 
     def backward(self, f, A, S, cache, d, gbuf, dout, sizes, reverse: bool) -> None:
         """All steps of ``recurrent._Recurrent._back_direction`` (its arguments)."""
@@ -313,15 +347,22 @@ class TimeLoop:
             dout = np.empty((1, 1, 1), dtype=A.dtype)
         cuts = self._parts(N, G)
         sizes = np.asarray(sizes, dtype=np.int64)
-        panels = [_packed.pack(f.Wh[:, j0:j1]) if self.packed else _NO_PANELS
-                  for j0, j1 in zip(cuts, cuts[1:])]
+        if self.packed:               # each part's columns of W_hh, packed from the parameter
+            Wh, panels = _NO_WEIGHTS, []
+            order, _ = self._columns(cuts)
+            for k, (j0, j1) in enumerate(zip(cuts, cuts[1:])):
+                panels.append(self._buf(f"Wh{k}", (_packed.panel_count(j1 - j0), G, _packed.NR)))
+                _packed.pack_rows(self.cell.weight_hh, order, j0, j1, panels[k])
+        else:
+            Wh, panels = f.Wh, [_NO_PANELS] * (len(cuts) - 1)
         self._run(backward_loop, lambda k, flags: (
-            self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags, A, f.Wh,
+            self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags, A, Wh,
             dHH, S[0], Sc, hn, g, d[0], dc, dout, has_dout, sizes, reverse, cuts[k],
             cuts[k + 1]), cuts)
 
 
 _NO_PANELS = np.empty((0, 1, _packed.NR), dtype=np.float32)   # the BLAS path: no packed weights
+_NO_WEIGHTS = np.empty((1, 1), dtype=np.float32)               # the packed path: no BLAS weights
 
 
 def _edge():
