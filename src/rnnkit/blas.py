@@ -192,11 +192,15 @@ class PackedBlas:
         if out is None:
             out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
         M, N = out.shape
-        if (a.strides[1] == 4 and M >= 2 * _packed.MR) or _openblas_functions()[0] is None:
+        P = _packed.panel_count(N)
+        if ((a.strides[1] == 4 and M >= 2 * _packed.MR and (P % 2 == 0 or P > 4))
+                or _openblas_functions()[0] is None):
             return _packed.matmul(a, b, out, self.pool)
         # a transposed A (the weight gradients, dZ^T X: reading dZ^T a tile at a time crosses a
-        # page at every k) or few rows (the bias gradient, ones @ dZ): two halves, each on one
-        # of rnnkit's threads, on OpenBLAS held at one thread
+        # page at every k), few rows (the bias gradient, ones @ dZ) or a few panels that two
+        # threads would share unevenly (a decoder's V = 65 columns: 2 + 1 panels, the last one
+        # mostly padding): two halves, each on one of rnnkit's threads, on OpenBLAS held at one
+        # thread
         if M >= 2 * _packed.MR:
             h = M // 2
             jobs = [(a[:h], b, out[:h]), (a[h:], b, out[h:])]
