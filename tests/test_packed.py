@@ -158,6 +158,20 @@ def test_few_rows_go_to_halves_of_the_columns():
     _close(pb.matmul(a, b), a @ b, 1000)
 
 
+@pytest.mark.parametrize("N,kernel", [(65, False), (64, True), (100, True), (130, True)])
+def test_a_few_panels_shared_unevenly_go_to_halves_of_the_rows(monkeypatch, N, kernel):
+    """A decoder's 65 columns are 2 + 1 panels, the last one mostly padding: OpenBLAS's halves;
+    an even count of panels, or more than four, stays on the packed kernel."""
+    if blas._openblas_functions()[0] is None:
+        pytest.skip("NumPy's OpenBLAS thread count cannot be reached here")
+    used = []
+    real = packed.matmul
+    monkeypatch.setattr(packed, "matmul", lambda *a, **k: used.append(1) or real(*a, **k))
+    a, b = _pair(300, 70, N, seed=6)
+    _close(blas.get_blas("packed").matmul(a, b), a @ b, 70)
+    assert bool(used) == kernel
+
+
 def _thread_count_functions():
     set_threads, get_threads = blas._openblas_functions()
     if set_threads is None:
