@@ -187,7 +187,7 @@ class _Recurrent(Module):
         xp, H = self.xp, self.hidden_size
         T, N, _ = x.shape
         f = cell.fused()
-        G = cell.gates * H
+        G = f.WxT.shape[1]
         A = self._buf(key + "A", (T, N, G))                                       # pre-acts -> acts
         cell.blas.matmul(x.reshape(T * N, -1), f.WxT, out=A.reshape(T * N, G))  # X W_ih^T, one GEMM
         S = [self._buf(f"{key}S{j}", (T + 2, N, H)) for j in range(cell.num_states)]
@@ -226,9 +226,7 @@ class _Recurrent(Module):
             dlayer = dy.transpose(1, 0, 2) if self.batch_first else dy
             if perm is not None:
                 dlayer = dlayer[:, perm]
-            dy_tm = self._buf("dy", dlayer.shape)                                # (T, N, D*H)
-            dy_tm[...] = dlayer
-            dlayer = dy_tm
+            dlayer = xp.ascontiguousarray(dlayer, dtype=self.dtype)              # (T, N, D*H)
         LD = self.num_layers * D
         dstate_n = list(dstate_n)
         for j, ds in enumerate(dstate_n):
@@ -260,7 +258,7 @@ class _Recurrent(Module):
             inv = xp.argsort(perm)
             dx = dx[inv] if self.batch_first else dx[:, inv]
             dstate0 = [s[:, inv] for s in dstate0]
-        return xp.array(dx, order="C"), dstate0             # a copy: dx may be a reused buffer
+        return xp.ascontiguousarray(dx), dstate0
 
     def _back_direction(self, rc, x, dout, init, sizes):
         """Backpropagate one direction through time; writes its cell's parameter gradients.
@@ -292,8 +290,7 @@ class _Recurrent(Module):
         Hprev = S[0][2:T + 2] if reverse else S[0][0:T]                          # (T, N, H)
         cell.weight_grads(x.reshape(M, -1), Hprev.reshape(M, H), dZ,
                           gbuf[0].reshape(M, H) if gbuf else None)
-        dx = self._buf(key + "dx", (T, N, x.shape[2]))
-        cell.blas.matmul(dZ, f.Wx, out=dx.reshape(M, -1))                        # dX = dZ W_ih
+        dx = cell.blas.matmul(dZ, f.Wx).reshape(T, N, -1)                        # dX = dZ W_ih
         return dx, d
 
 
