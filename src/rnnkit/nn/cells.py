@@ -119,11 +119,7 @@ class Fused:
 
     @functools.cached_property
     def Wx(self):
-        W = self._cell.weight_ih
-        if self.order is None or self._cell.xp is not np:
-            return self._rows(W)
-        # into the cell's buffer: all of a cell's Fused are made from the same parameters
-        return np.take(W, self.order, axis=0, out=self._cell._scratch("Wx", W.shape))
+        return self._rows(self._cell.weight_ih)
 
     @functools.cached_property
     def Wh(self):
@@ -186,8 +182,7 @@ class _Cell(Module):
         return self._perm_cache
 
     def _scratch(self, name, shape):
-        """A buffer this cell reuses from call to call (a fresh array of a megabyte costs its
-        page faults every time)."""
+        """A buffer this cell reuses from call to call."""
         ws = self.__dict__.setdefault("_scratch_ws", {})
         b = ws.get(name)
         if b is None or b.shape != shape:
@@ -215,6 +210,9 @@ class _Cell(Module):
         xp, H = self.xp, self.hidden_size
         order = self._perm
         g = self._grads
+        # the LSTM's gradients come out in the fused order, into buffers the cell keeps (one
+        # product each is faster than one for each run of rows that PyTorch's order keeps
+        # together, and a fresh megabyte a call costs its page faults every time)
         dW_ih, dW_hh = (g["weight_ih"], g["weight_hh"]) if order is None else (
             self._scratch("dW_ih", g["weight_ih"].shape),
             self._scratch("dW_hh", g["weight_hh"].shape))
