@@ -54,11 +54,34 @@ def test_auto_leaves_mkl_alone_on_other_cpus(monkeypatch):
     """MKL's small products are slower than OpenBLAS's on AMD processors; asked for, it loads."""
     monkeypatch.delenv("RNNKIT_BLAS", raising=False)
     monkeypatch.setattr(blas, "intel_cpu", lambda: False)
+    monkeypatch.setattr(blas, "auto_packs", lambda: False)
     assert blas.get_blas("auto").name == "numpy"
     if MKL:
         assert blas.get_blas("mkl").name == "mkl"
         monkeypatch.setenv("RNNKIT_BLAS", "mkl")
         assert blas.get_blas("auto").name == "mkl"
+
+
+def test_auto_takes_the_packed_kernel_on_avx512_with_two_cores(monkeypatch):
+    """Not on Intel (MKL's, where it loads), and only with numba, AVX-512 and two cores."""
+    from rnnkit import packed
+    monkeypatch.delenv("RNNKIT_BLAS", raising=False)
+    monkeypatch.setattr(blas, "intel_cpu", lambda: False)
+    monkeypatch.setattr(blas, "avx512_cpu", lambda: True)
+    monkeypatch.setattr(blas, "_cores", lambda: 2)
+    assert blas.auto_packs() == packed.available()
+    assert blas.get_blas("auto").name == ("packed" if packed.available() else "numpy")
+    if packed.available():
+        assert blas.get_blas("auto") is blas.get_blas("packed")       # one helper thread
+        assert LSTM(3, 4).cells[0][0].blas.name == "packed"
+    for patch in (("avx512_cpu", lambda: False), ("_cores", lambda: 1)):
+        with monkeypatch.context() as m:
+            m.setattr(blas, *patch)
+            assert not blas.auto_packs() and blas.get_blas("auto").name == "numpy"
+    monkeypatch.setattr(packed, "available", lambda: False)
+    assert not blas.auto_packs() and blas.get_blas("auto").name == "numpy"
+    monkeypatch.setattr(blas, "intel_cpu", lambda: True)
+    assert blas.get_blas("auto").name == ("mkl" if MKL else "numpy")
 
 
 def test_intel_cpu_reads_the_vendor(tmp_path):
@@ -87,6 +110,7 @@ def test_bad_name_and_missing_mkl_say_why(monkeypatch, tmp_path, fresh_mkl):
     assert blas.load_mkl() is None
     assert "libmkl_rt.so" in blas.mkl_error()
     monkeypatch.delenv("RNNKIT_BLAS", raising=False)
+    monkeypatch.setattr(blas, "intel_cpu", lambda: True)   # where auto would take MKL
     assert blas.get_blas("auto").name == "numpy"           # auto falls back quietly
     with pytest.raises(ValueError, match="blas='mkl' but MKL cannot be loaded"):
         blas.get_blas("mkl")

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 
 import numpy as np
 
 from .. import packed as _packed
+from ..blas import _cores
 from . import fused as _fused
 
 RNN, LSTM, GRU = 0, 1, 2
@@ -378,10 +378,3 @@ def _sched_yield() -> int:
     except (OSError, AttributeError, TypeError):                  # pragma: no cover - not POSIX
         return 0
 
-
-def _cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                                        # not on Linux
-        return os.cpu_count() or 1
