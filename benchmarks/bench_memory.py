@@ -7,7 +7,7 @@ compiled kernels, PyTorch's thread pools and allocator) is in the baseline, not 
 Linux resets the peak on request (``/proc/self/clear_refs``), so the import's own peak does not
 count either. What remains is what training this model needs: parameters, gradients, optimiser
 state, activations kept for backward and workspace. When rnnkit's products go to MKL or to its
-packed kernel (what ``blas="auto"`` takes), rnnkit is measured twice: so, and with NumPy's own
+packed kernel (what ``blas="auto"`` takes for a large model here), rnnkit is measured twice: so, and with NumPy's own
 BLAS (``RNNKIT_BLAS=numpy``). MKL allocates its GEMM workspace at the first large product
 (about 1 MB here), where OpenBLAS has allocated its own when NumPy loaded it, before the
 baseline; the packed kernel keeps each layer's packed ``W_hh`` (forward and backward) between
@@ -70,11 +70,12 @@ def main(argv=None):
     ap = parser(__doc__)
     args = ap.parse_args(argv)
     from rnnkit import blas
-    other = blas.get_blas().name != "numpy"         # MKL or the packed kernel: NumPy's too
+    mkl = blas.get_blas().name != "numpy"
     rows = []
     for cell, H, B, T in (("lstm", 256, 32, 64), ("gru", 256, 32, 64), ("rnn", 256, 32, 64),
                           ("lstm", 512, 64, 100)):
         ours, theirs = measure("rnnkit", cell, H, B, T), measure("torch", cell, H, B, T)
+        other = mkl or blas.for_model("auto", H) == "packed"     # then NumPy's BLAS too
         plain = measure("rnnkit", cell, H, B, T, blas="numpy") if other else ours
         t = max(theirs["step_mb"], 1e-9)
         rows.append({"cell": cell, "H": H, "B": B, "T": T, "rnnkit_step_mb": ours["step_mb"],

@@ -5,7 +5,9 @@ Linear(H, V) -> cross-entropy -> Adam, on a batch of B x T random tokens, float3
 take turns in blocks of steps (``common.side_by_side``) so that machine noise hits all; the ratio
 of medians is what to read (> 1: rnnkit is faster). rnnkit runs with its products on NumPy's
 BLAS, on its own packed kernel (``blas="packed"``, with numba) and, when ``rnnkit[mkl]`` is
-installed, on MKL too.
+installed, on MKL too; its headline figure is what the model takes with ``blas="auto"``
+(``blas.for_model``: the packed kernel for H >= 256 on an AVX-512 processor that is not
+Intel's).
 
     python benchmarks/bench_train.py                     # the core issue's configurations
     python benchmarks/bench_train.py --cells lstm --hidden 512 --batch 64 --bptt 100
@@ -105,7 +107,7 @@ def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_tor
         for fn in fns.values():
             fn()
     med = side_by_side(fns, rounds=reps)
-    auto = blas.get_blas().name
+    auto = blas.get_blas(blas.for_model("auto", H)).name       # what the model takes itself
     flops = matmul_flops(cell, V, E, H, L, B, T)
     row = {"cell": cell, "H": H, "layers": L, "B": B, "T": T, "V": V, "E": E, "blas": auto}
     for key, name in (("rnnkit", auto), ("numpy_blas", "numpy"), ("packed", "packed"),
@@ -134,7 +136,8 @@ def main(argv=None):
     torch.set_num_threads(2)
     peak = gemm_peak()
     print(f"float32 GEMM peak here: {peak / 1e9:.0f} GFLOP/s | torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads | rnnkit's products: {blas.get_blas().name}")
+          f"{torch.get_num_threads()} threads | rnnkit's products (auto): "
+          f"{blas.get_blas(blas.for_model('auto', args.hidden)).name}")
     rows = []
     for cell in args.cells:
         r = compare(cell, H=args.hidden, B=args.batch, T=args.bptt, reps=args.reps)

@@ -54,7 +54,6 @@ def test_auto_leaves_mkl_alone_on_other_cpus(monkeypatch):
     """MKL's small products are slower than OpenBLAS's on AMD processors; asked for, it loads."""
     monkeypatch.delenv("RNNKIT_BLAS", raising=False)
     monkeypatch.setattr(blas, "intel_cpu", lambda: False)
-    monkeypatch.setattr(blas, "auto_packs", lambda: False)
     assert blas.get_blas("auto").name == "numpy"
     if MKL:
         assert blas.get_blas("mkl").name == "mkl"
@@ -62,26 +61,37 @@ def test_auto_leaves_mkl_alone_on_other_cpus(monkeypatch):
         assert blas.get_blas("auto").name == "mkl"
 
 
-def test_auto_takes_the_packed_kernel_on_avx512_with_two_cores(monkeypatch):
-    """Not on Intel (MKL's, where it loads), and only with numba, AVX-512 and two cores."""
+def test_a_large_model_on_avx512_with_two_cores_takes_the_packed_kernel(monkeypatch):
+    """blas.for_model: auto becomes packed for float32 on the CPU, with hidden layers of 256
+    units or more, numba, AVX-512 and two cores, where the processor is not Intel's (MKL's) and
+    RNNKIT_BLAS does not choose; a language model asks it for all of its layers."""
     from rnnkit import packed
+    from rnnkit.models.language_model import LanguageModel, LMConfig
     monkeypatch.delenv("RNNKIT_BLAS", raising=False)
     monkeypatch.setattr(blas, "intel_cpu", lambda: False)
     monkeypatch.setattr(blas, "avx512_cpu", lambda: True)
     monkeypatch.setattr(blas, "_cores", lambda: 2)
-    assert blas.auto_packs() == packed.available()
-    assert blas.get_blas("auto").name == ("packed" if packed.available() else "numpy")
-    if packed.available():
-        assert blas.get_blas("auto") is blas.get_blas("packed")       # one helper thread
-        assert LSTM(3, 4).cells[0][0].blas.name == "packed"
-    for patch in (("avx512_cpu", lambda: False), ("_cores", lambda: 1)):
+    big = "packed" if packed.available() else "auto"
+    assert blas.for_model("auto", 256) == big and blas.for_model("auto", 1024) == big
+    assert blas.for_model("auto", 255) == "auto"
+    assert blas.for_model("numpy", 512) == "numpy" and blas.for_model("mkl", 512) == "mkl"
+    assert blas.for_model("auto", 512, device="cuda") == "auto"
+    assert blas.for_model("auto", 512, dtype=np.float64) == "auto"
+    model = LanguageModel(LMConfig(vocab_size=7, hidden_size=256, embedding_size=8))
+    assert {model.rnn.cells[0][0].blas.name, model.decoder.blas.name} == {
+        "packed" if packed.available() else "numpy"}
+    small = LanguageModel(LMConfig(vocab_size=7, hidden_size=100, embedding_size=8))
+    assert small.rnn.cells[0][0].blas.name == small.decoder.blas.name == "numpy"
+    for patch in (("avx512_cpu", lambda: False), ("_cores", lambda: 1),
+                  ("intel_cpu", lambda: True)):
         with monkeypatch.context() as m:
             m.setattr(blas, *patch)
-            assert not blas.auto_packs() and blas.get_blas("auto").name == "numpy"
+            assert blas.for_model("auto", 512) == "auto"
+    monkeypatch.setenv("RNNKIT_BLAS", "numpy")
+    assert blas.for_model("auto", 512) == "auto"                  # and get_blas reads it
+    monkeypatch.delenv("RNNKIT_BLAS")
     monkeypatch.setattr(packed, "available", lambda: False)
-    assert not blas.auto_packs() and blas.get_blas("auto").name == "numpy"
-    monkeypatch.setattr(blas, "intel_cpu", lambda: True)
-    assert blas.get_blas("auto").name == ("mkl" if MKL else "numpy")
+    assert not blas.auto_packs() and blas.for_model("auto", 512) == "auto"
 
 
 def test_intel_cpu_reads_the_vendor(tmp_path):

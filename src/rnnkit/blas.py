@@ -6,11 +6,12 @@ the small product of every time step, ``h W_hh^T`` with ``h`` only ``(N, H)``. O
 processor MKL's GEMM runs those faster than NumPy's OpenBLAS (2-core Xeon,
 ``benchmarks/bench_gemm.py``: ``(32, 256) x (256, 1024)``, the H=256 LSTM's forward step, about
 62 us against 86 us); on an AMD EPYC (Zen 4) it ran them slower (195 us against 136 us). So
-``auto`` takes MKL on Intel processors only. On other processors with AVX-512 and two cores it
-takes rnnkit's packed kernel when numba is installed (``auto_packs``): on the AMD EPYC it ran
-the same products at 185-220 GFLOP/s on two cores, against OpenBLAS's 94-134.
+``auto`` takes MKL on Intel processors only. A language model whose recurrent layers are large
+enough takes rnnkit's packed kernel instead, on other processors with AVX-512 and two cores when
+numba is installed (``for_model``): on the AMD EPYC it ran the per-step products at 185-220
+GFLOP/s on two cores, against OpenBLAS's 94-134.
 
-    blas = get_blas("auto")            # MKL on Intel, the packed kernel on AVX-512, else NumPy
+    blas = get_blas("auto")            # MKL when installed on an Intel processor, else NumPy
     blas.matmul(a, b, out=c)           # c = a @ b for 2-D a, b (transposed views welcome)
 
 ``name`` is ``"numpy"``, ``"mkl"`` or ``"packed"``. The NumPy one also serves CuPy
@@ -360,10 +361,11 @@ def mkl_error() -> str:
 
 def get_blas(name: str = "auto", xp=np):
     """The products for arrays of module ``xp``: ``auto`` (MKL if present on the CPU and the
-    CPU is Intel's; else ``packed`` where ``auto_packs()``; else the array module's matmul),
-    ``numpy``, ``mkl`` or ``packed`` (``PackedBlas``, needs numba). With ``auto``, the
-    environment variable ``RNNKIT_BLAS`` may choose one of the others instead; it speaks of the
-    CPU only, so a layer on the GPU keeps CuPy's matmul whatever it says."""
+    CPU is Intel's, else the array module's matmul), ``numpy``, ``mkl`` or ``packed``
+    (``PackedBlas``, needs numba; what ``auto`` becomes for a large enough model, see
+    ``for_model``). With ``auto``, the environment variable ``RNNKIT_BLAS`` may choose one of
+    the others instead; it speaks of the CPU only, so a layer on the GPU keeps CuPy's matmul
+    whatever it says."""
     if name not in BLAS:
         raise ValueError(f"blas must be one of {BLAS}, got {name!r}")
     said = f"blas={name!r}"
@@ -382,9 +384,7 @@ def get_blas(name: str = "auto", xp=np):
         if not _packed.available():
             raise ValueError(f"{said} needs numba (pip install 'rnnkit[fast]')")
         return _packed_blas()
-    if name == "auto" and not intel_cpu():
-        return _packed_blas() if auto_packs() else _NUMPY
-    if name == "numpy":
+    if name == "numpy" or (name == "auto" and not intel_cpu()):
         return _NUMPY
     lib = load_mkl()
     if lib is None and name == "mkl":
@@ -420,13 +420,33 @@ def _packed_blas() -> PackedBlas:
     return PackedBlas()
 
 
+PACKED_MIN_HIDDEN = 256     # for_model: recurrent layers of fewer units stay on NumPy's BLAS
+
+
+def for_model(name: str, hidden_size: int, device: str = "cpu", dtype=np.float32) -> str:
+    """The products for a whole model (every layer of it: one library should do all the large
+    products of a step, see above) whose recurrent layers have ``hidden_size`` units:
+    ``name``, except that ``auto`` (with ``RNNKIT_BLAS`` unset or ``auto``) becomes
+    ``packed`` for float32 on the CPU where ``auto_packs()`` and ``hidden_size >=
+    PACKED_MIN_HIDDEN``.
+
+    Measured on a 2-core AMD EPYC (Zen 4), side by side with OpenBLAS in the same process
+    (``benchmarks/bench_train.py``): language models trained on the packed kernel 1.01-1.21x as
+    fast with an H=256 LSTM, 0.98-1.04x with an H=256 GRU and 0.89-1.02x with an H=256 RNN
+    (within the machine's noise), 1.10-1.12x with all three at H=512; and min-char-rnn's
+    H=100 RNN (``benchmarks/bench_minchar.py``) 0.75-0.95x, its parts of 50 units a thread
+    too small for two threads to pay."""
+    if (name != "auto" or device != "cpu" or np.dtype(dtype) != np.float32
+            or hidden_size < PACKED_MIN_HIDDEN
+            or os.environ.get("RNNKIT_BLAS", "auto") not in ("", "auto") or intel_cpu()):
+        return name
+    return "packed" if auto_packs() else name
+
+
 def auto_packs() -> bool:
-    """Whether ``auto`` takes the packed kernel (on a processor that is not Intel's, where it
-    would take MKL): numba is installed, the processor has AVX-512, which the kernel's tile is
-    made for, and the process may run on two cores, which its loop over time shares. Measured
-    on a 2-core AMD EPYC (Zen 4), side by side with OpenBLAS (``benchmarks/bench_train.py``):
-    the LSTM language model trained 1.01-1.21x as fast at H=256 and 1.10x at H=512, the GRU and
-    RNN 0.89-1.04x at H=256 (within the machine's noise) and 1.10-1.12x at H=512."""
+    """Whether the packed kernel may stand in for ``auto`` (``for_model``): numba is
+    installed, the processor has AVX-512, which the kernel's tile is made for, and the process
+    may run on two cores, which its loop over time shares."""
     return _packed.available() and avx512_cpu() and _cores() >= 2
 
 

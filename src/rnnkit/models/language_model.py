@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from ..blas import get_blas
+from ..blas import for_model, get_blas
 from ..nn import GRU, LSTM, RNN, Dropout, Embedding, Linear, Module, SoftmaxCrossEntropy
 
 CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
@@ -69,8 +69,11 @@ class LanguageModel(Module):
 
     def __init__(self, config: LMConfig, *, rng=None, device: str = "cpu", blas: str = "auto"):
         """``blas``: which library does the matrix products (``rnnkit.blas``: ``auto`` takes MKL
-        when it is installed); a choice of speed, not part of the model, so not in ``config``."""
+        when it is installed on an Intel processor, or rnnkit's packed kernel where
+        ``blas.for_model`` says it pays); a choice of speed, not part of the model, so not in
+        ``config``."""
         super().__init__(config.dtype, device)
+        blas = for_model(blas, config.hidden_size, device, self.dtype)
         rng = np.random.default_rng() if rng is None else rng
         c = self.config = config
         kw = dict(dtype=config.dtype, device=device)
