@@ -75,7 +75,8 @@ def main(argv=None):
     for cell, H, B, T in (("lstm", 256, 32, 64), ("gru", 256, 32, 64), ("rnn", 256, 32, 64),
                           ("lstm", 512, 64, 100)):
         ours, theirs = measure("rnnkit", cell, H, B, T), measure("torch", cell, H, B, T)
-        other = mkl or blas.for_model("auto", H) == "packed"     # then NumPy's BLAS too
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+        other = mkl or blas.for_model("auto", H, gates) == "packed"   # then NumPy's BLAS too
         plain = measure("rnnkit", cell, H, B, T, blas="numpy") if other else ours
         t = max(theirs["step_mb"], 1e-9)
         rows.append({"cell": cell, "H": H, "B": B, "T": T, "rnnkit_step_mb": ours["step_mb"],

@@ -6,8 +6,8 @@ take turns in blocks of steps (``common.side_by_side``) so that machine noise hi
 of medians is what to read (> 1: rnnkit is faster). rnnkit runs with its products on NumPy's
 BLAS, on its own packed kernel (``blas="packed"``, with numba) and, when ``rnnkit[mkl]`` is
 installed, on MKL too; its headline figure is what the model takes with ``blas="auto"``
-(``blas.for_model``: the packed kernel for H >= 256 on an AVX-512 processor that is not
-Intel's).
+(``blas.for_model``: the packed kernel where ``W_hh`` has 2^18 entries or more, an LSTM from
+H = 256 on, on an AVX-512 processor that is not Intel's).
 
     python benchmarks/bench_train.py                     # the core issue's configurations
     python benchmarks/bench_train.py --cells lstm --hidden 512 --batch 64 --bptt 100
@@ -107,7 +107,8 @@ def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_tor
         for fn in fns.values():
             fn()
     med = side_by_side(fns, rounds=reps)
-    auto = blas.get_blas(blas.for_model("auto", H)).name       # what the model takes itself
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    auto = blas.get_blas(blas.for_model("auto", H, gates)).name    # what the model takes itself
     flops = matmul_flops(cell, V, E, H, L, B, T)
     row = {"cell": cell, "H": H, "layers": L, "B": B, "T": T, "V": V, "E": E, "blas": auto}
     for key, name in (("rnnkit", auto), ("numpy_blas", "numpy"), ("packed", "packed"),
@@ -136,15 +137,15 @@ def main(argv=None):
     torch.set_num_threads(2)
     peak = gemm_peak()
     print(f"float32 GEMM peak here: {peak / 1e9:.0f} GFLOP/s | torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads | rnnkit's products (auto): "
-          f"{blas.get_blas(blas.for_model('auto', args.hidden)).name}")
+          f"{torch.get_num_threads()} threads")
     rows = []
     for cell in args.cells:
         r = compare(cell, H=args.hidden, B=args.batch, T=args.bptt, reps=args.reps)
         r["peak_share"] = r["rnnkit_gflops"] * 1e9 / peak
         r["torch_peak_share"] = r["torch_gflops"] * 1e9 / peak
         rows.append(r)
-        print(f"{cell:4s} H={r['H']} B={r['B']} T={r['T']}: rnnkit {r['rnnkit_tok_s']:8,.0f} tok/s "
+        print(f"{cell:4s} H={r['H']} B={r['B']} T={r['T']}: rnnkit ({r['blas']}) "
+              f"{r['rnnkit_tok_s']:8,.0f} tok/s "
               f"({r['rnnkit_ms']:6.1f} ms, {r['peak_share']:.0%} of peak) | torch "
               f"{r['torch_tok_s']:8,.0f} tok/s ({r['torch_ms']:6.1f} ms, "
               f"{r['torch_peak_share']:.0%}) | ratio {r['ratio']:.2f}x"

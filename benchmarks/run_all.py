@@ -38,7 +38,7 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "torch": torch.__version__,
             "numba": fused.available(), "blas": blas.get_blas().name,
-            "blas_large_lm": blas.get_blas(blas.for_model("auto", 256)).name,
+            "blas_large_lm": blas.get_blas(blas.for_model("auto", 256, 4)).name,
             "mkl": blas.load_mkl().version() if blas.load_mkl() else "not installed",
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
@@ -91,8 +91,9 @@ def markdown(res: dict) -> str:
     lines = [f"# rnnkit benchmarks ({m['date']})", "",
              f"{m['cpu']}, {m['cores']} cores; Python {m['python']}, NumPy {m['numpy']}, "
              f"PyTorch {m['torch']} (2 threads), numba kernels: {m['numba']}; rnnkit's "
-             f"matrix products: {m['blas']} ({m['mkl']}), in a language model with H >= 256 "
-             f"{m.get('blas_large_lm', m['blas'])}. "
+             f"matrix products: {m['blas']} ({m['mkl']}), in a language model whose W_hh has "
+             f"2^18 entries or more (an LSTM from H = 256 on) {m.get('blas_large_lm', m['blas'])}"
+             ". "
              f"float32 GEMM peak measured: {res['gemm_peak_gflops']:.0f} GFLOP/s."]
     for title, key, columns in TABLES:
         if not res.get(key):

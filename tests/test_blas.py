@@ -62,9 +62,10 @@ def test_auto_leaves_mkl_alone_on_other_cpus(monkeypatch):
 
 
 def test_a_large_model_on_avx512_with_two_cores_takes_the_packed_kernel(monkeypatch):
-    """blas.for_model: auto becomes packed for float32 on the CPU, with hidden layers of 256
-    units or more, numba, AVX-512 and two cores, where the processor is not Intel's (MKL's) and
-    RNNKIT_BLAS does not choose; a language model asks it for all of its layers."""
+    """blas.for_model: auto becomes packed for float32 on the CPU, for recurrent weights of
+    2^18 entries or more (an LSTM from H=256 on, a GRU or an RNN at H=512), with numba,
+    AVX-512 and two cores, where the processor is not Intel's (MKL's) and RNNKIT_BLAS does not
+    choose; a language model asks it for all of its layers."""
     from rnnkit import packed
     from rnnkit.models.language_model import LanguageModel, LMConfig
     monkeypatch.delenv("RNNKIT_BLAS", raising=False)
@@ -72,16 +73,18 @@ def test_a_large_model_on_avx512_with_two_cores_takes_the_packed_kernel(monkeypa
     monkeypatch.setattr(blas, "avx512_cpu", lambda: True)
     monkeypatch.setattr(blas, "_cores", lambda: 2)
     big = "packed" if packed.available() else "auto"
-    assert blas.for_model("auto", 256) == big and blas.for_model("auto", 1024) == big
-    assert blas.for_model("auto", 255) == "auto"
+    assert blas.for_model("auto", 256, 4) == big and blas.for_model("auto", 512, 1) == big
+    assert blas.for_model("auto", 255, 4) == "auto" and blas.for_model("auto", 256, 3) == "auto"
+    assert blas.for_model("auto", 296, 3) == big and blas.for_model("auto", 511, 1) == "auto"
     assert blas.for_model("numpy", 512) == "numpy" and blas.for_model("mkl", 512) == "mkl"
     assert blas.for_model("auto", 512, device="cuda") == "auto"
     assert blas.for_model("auto", 512, dtype=np.float64) == "auto"
     model = LanguageModel(LMConfig(vocab_size=7, hidden_size=256, embedding_size=8))
     assert {model.rnn.cells[0][0].blas.name, model.decoder.blas.name} == {
         "packed" if packed.available() else "numpy"}
-    small = LanguageModel(LMConfig(vocab_size=7, hidden_size=100, embedding_size=8))
-    assert small.rnn.cells[0][0].blas.name == small.decoder.blas.name == "numpy"
+    for cell, H in (("lstm", 100), ("gru", 256), ("rnn", 256)):
+        small = LanguageModel(LMConfig(vocab_size=7, cell=cell, hidden_size=H, embedding_size=8))
+        assert small.rnn.cells[0][0].blas.name == small.decoder.blas.name == "numpy"
     for patch in (("avx512_cpu", lambda: False), ("_cores", lambda: 1),
                   ("intel_cpu", lambda: True)):
         with monkeypatch.context() as m:

@@ -420,24 +420,27 @@ def _packed_blas() -> PackedBlas:
     return PackedBlas()
 
 
-PACKED_MIN_HIDDEN = 256     # for_model: recurrent layers of fewer units stay on NumPy's BLAS
+PACKED_MIN_WEIGHTS = 1 << 18   # for_model: smaller W_hh (gates x H x H) stay on NumPy's BLAS
 
 
-def for_model(name: str, hidden_size: int, device: str = "cpu", dtype=np.float32) -> str:
+def for_model(name: str, hidden_size: int, gates: int = 4, device: str = "cpu",
+              dtype=np.float32) -> str:
     """The products for a whole model (every layer of it: one library should do all the large
-    products of a step, see above) whose recurrent layers have ``hidden_size`` units:
-    ``name``, except that ``auto`` (with ``RNNKIT_BLAS`` unset or ``auto``) becomes
-    ``packed`` for float32 on the CPU where ``auto_packs()`` and ``hidden_size >=
-    PACKED_MIN_HIDDEN``.
+    products of a step, see above) whose recurrent layers have ``hidden_size`` units and
+    ``gates`` gates (4 LSTM, 3 GRU, 1 RNN): ``name``, except that ``auto`` (with
+    ``RNNKIT_BLAS`` unset or ``auto``) becomes ``packed`` for float32 on the CPU where
+    ``auto_packs()`` and ``W_hh`` has ``gates * hidden_size**2 >= PACKED_MIN_WEIGHTS`` entries:
+    the packed kernel's gain is in the per-step product by ``W_hh``, against the fixed costs of
+    its two threads.
 
     Measured on a 2-core AMD EPYC (Zen 4), side by side with OpenBLAS in the same process
-    (``benchmarks/bench_train.py``): language models trained on the packed kernel 1.01-1.21x as
-    fast with an H=256 LSTM, 0.98-1.04x with an H=256 GRU and 0.89-1.02x with an H=256 RNN
-    (within the machine's noise), 1.10-1.12x with all three at H=512; and min-char-rnn's
-    H=100 RNN (``benchmarks/bench_minchar.py``) 0.75-0.95x, its parts of 50 units a thread
-    too small for two threads to pay."""
+    (``benchmarks/bench_train.py``, four or more runs each): language models trained on the
+    packed kernel 1.00-1.21x as fast with an H=256 LSTM (2^18 entries), 1.03-1.13x with
+    H=512 LSTM, GRU and RNN (2^18 and more); 0.96-1.04x with an H=256 GRU and 0.89-1.07x with
+    an H=256 RNN (within the machine's noise); min-char-rnn's H=100 RNN
+    (``benchmarks/bench_minchar.py``) 0.75-0.95x."""
     if (name != "auto" or device != "cpu" or np.dtype(dtype) != np.float32
-            or hidden_size < PACKED_MIN_HIDDEN
+            or gates * hidden_size ** 2 < PACKED_MIN_WEIGHTS
             or os.environ.get("RNNKIT_BLAS", "auto") not in ("", "auto") or intel_cpu()):
         return name
     return "packed" if auto_packs() else name

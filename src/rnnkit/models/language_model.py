@@ -73,7 +73,8 @@ class LanguageModel(Module):
         ``blas.for_model`` says it pays); a choice of speed, not part of the model, so not in
         ``config``."""
         super().__init__(config.dtype, device)
-        blas = for_model(blas, config.hidden_size, device, self.dtype)
+        blas = for_model(blas, config.hidden_size, CELLS[config.cell].cell_class.gates, device,
+                         self.dtype)
         rng = np.random.default_rng() if rng is None else rng
         c = self.config = config
         kw = dict(dtype=config.dtype, device=device)
