@@ -204,9 +204,9 @@ class PackedBlas:
         # threads would share unevenly (a decoder's V = 65 columns: 2 + 1 panels, the last one
         # mostly padding): two halves, each on one of rnnkit's threads, on OpenBLAS held at one
         # thread
-        if M >= 2 * _packed.MR:
-            h = M // 2
-            jobs = [(a[:h], b, out[:h]), (a[h:], b, out[h:])]
+        if M >= max(N, 2 * _packed.MR):                    # halves of the longer side: a
+            h = M // 2                                     # decoder's dW (65 x 256) took 0.5
+            jobs = [(a[:h], b, out[:h]), (a[h:], b, out[h:])]     # ms in columns, 1.0 in rows
         else:
             h = N // 2
             jobs = [(a, b[:, :h], out[:, :h]), (a, b[:, h:], out[:, h:])]
