@@ -92,6 +92,27 @@ def test_pack_rows_is_pack_of_a_block_of_the_rows():
         packed.pack_rows(W, rows[:79], 30, 75, panels)
 
 
+@pytest.mark.parametrize("M,K,N", [(300, 70, 1000), (300, 70, 65), (5, 3, 7), (40, 33, 96)])
+def test_matmul_of_rows_packed_straight_from_the_weights(M, K, N):
+    """matmul_rows_t: A (W[rows] * scale)^T (a layer's X W_ih^T); matmul_rows: A W[rows] (its
+    dZ W_ih); by panels, by rows (65 columns: 3 panels) and on one thread (small), into a
+    larger kept buffer of panels."""
+    rng = np.random.default_rng(8)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    W = rng.standard_normal((N + 5, K)).astype(np.float32)
+    rows = rng.permutation(N + 5)[:N]
+    scale = rng.choice(np.array([0.5, 1.0], np.float32), N)
+    panels = np.full((packed.panel_count(N) + 2, K, packed.NR), np.nan, np.float32)
+    out = np.full((M, N), np.nan, np.float32)
+    packed.matmul_rows_t(A, W, rows, scale, out, packed.Pool(), panels)
+    _close(out, A @ (W[rows] * scale[:, None]).T, K)
+    A2 = rng.standard_normal((M, N)).astype(np.float32)                  # (M, N) x W[rows]
+    out2 = np.full((M, K), np.nan, np.float32)
+    panels2 = np.full((packed.panel_count(K), N, packed.NR), np.nan, np.float32)
+    packed.matmul_rows(A2, W, rows, out2, packed.Pool(), panels2)
+    _close(out2, A2 @ W[rows], N)
+
+
 @pytest.mark.parametrize("M,N", [(300, 200), (12, 500), (300, 20)])
 def test_matmul_on_two_threads(M, N):
     """Split by panels, and by rows where there is one panel."""

@@ -236,6 +236,21 @@ if numba is not None:
             pack_into(B, panels, p0, p1)
         gemm(A, panels, C, p0, p1, r0, r1, accumulate, edge)
 
+    @_jit
+    def _pack_rows_t_and_gemm(A, W, rows, scale, panels, C, p0, p1, r0, r1, edge, pack):
+        """One thread's share of ``matmul_rows_t``: pack its panels (when ``pack``), multiply."""
+        if pack:
+            c1 = min(p1 * NR, rows.shape[0])
+            pack_rows_t(W, rows[p0 * NR:c1], scale[p0 * NR:c1], panels[p0:p1])
+        gemm(A, panels, C, p0, p1, r0, r1, False, edge)
+
+    @_jit
+    def _pack_rows_and_gemm(A, W, rows, panels, C, p0, p1, r0, r1, edge, pack):
+        """One thread's share of ``matmul_rows``: pack its panels (when ``pack``), multiply."""
+        if pack:
+            pack_rows(W, rows, p0 * NR, min(p1 * NR, W.shape[1]), panels[p0:p1])
+        gemm(A, panels, C, p0, p1, r0, r1, False, edge)
+
 
 def panel_count(N: int) -> int:
     return -(-N // NR)
@@ -250,10 +265,10 @@ def pack(B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def split(M: int, P: int, parts: int = 2) -> list:
-    """``[(p0, p1, r0, r1), ...]``: the work cut in ``parts``, by panels where there are enough,
-    else by rows (in whole tiles where the rows allow)."""
-    if P >= parts:
+def split(M: int, P: int, parts: int = 2, by_panels: bool = True) -> list:
+    """``[(p0, p1, r0, r1), ...]``: the work cut in ``parts``, by panels where there are enough
+    (and ``by_panels``), else by rows (in whole tiles where the rows allow)."""
+    if P >= parts and (by_panels or M < parts * MR):
         cuts = [round(k * P / parts) for k in range(parts + 1)]
         return [(cuts[k], cuts[k + 1], 0, M) for k in range(parts)]
     tiles = -(-M // MR)
@@ -304,18 +319,50 @@ def matmul(A, B, out, pool: Pool, accumulate: bool = False):
     split by panels, each thread packs its own."""
     M, K = A.shape
     N = B.shape[1]
+    panels = np.empty((panel_count(N), K, NR), dtype=np.float32)
+    _shared(M, K, N, panels, pool, _pack_and_gemm,
+            lambda job, edge, pack: (A, B, panels, out, *job, accumulate, edge, pack))
+    return out
+
+
+def matmul_rows_t(A, W, rows, scale, out, pool: Pool, panels):
+    """``out = A (W[rows] * scale[:, None])^T`` (``A (M, K)``, ``W (R, K)``, ``rows``,
+    ``scale (N,)``), packing the right operand straight from ``W`` into ``panels`` (at least
+    ``(panel_count(N), K, NR)``, a caller's buffer): a recurrent layer's input projection
+    ``X W_ih^T``, its weights in the kernels' gate order and scale."""
+    M, K = A.shape
+    N = rows.shape[0]
+    panels = panels[:panel_count(N)]
+    _shared(M, K, N, panels, pool, _pack_rows_t_and_gemm,
+            lambda job, edge, pack: (A, W, rows, scale, panels, out, *job, edge, pack))
+    return out
+
+
+def matmul_rows(A, W, rows, out, pool: Pool, panels):
+    """``out = A W[rows]`` (``A (M, K)``, ``rows (K,)``, ``W (R, N)``), packing ``W[rows]``
+    straight from ``W`` into ``panels`` (at least ``(panel_count(N), K, NR)``): a recurrent
+    layer's ``dX = dZ W_ih``, ``dZ`` in the kernels' gate order."""
+    M, K = A.shape
+    N = W.shape[1]
+    panels = panels[:panel_count(N)]
+    _shared(M, K, N, panels, pool, _pack_rows_and_gemm,
+            lambda job, edge, pack: (A, W, rows, panels, out, *job, edge, pack))
+    return out
+
+
+def _shared(M, K, N, panels, pool, job_fn, args):
+    """Run ``job_fn(*args((p0, p1, r0, r1), edge, pack))`` on one thread for a small product,
+    else on two: by panels, each thread packing its own, where they split evenly enough
+    (an even count or more than four); else by rows, the panels packed first, here."""
     P = panel_count(N)
-    panels = np.empty((P, K, NR), dtype=np.float32)
     edges = [np.empty((MR, NR), dtype=np.float32) for _ in range(2)]
     if M * K * N < SMALL:
-        _pack_and_gemm(A, B, panels, out, 0, P, 0, M, accumulate, edges[0], True)
-        return out
-    jobs = split(M, P)
+        job_fn(*args((0, P, 0, M), edges[0], True))
+        return
+    jobs = split(M, P, by_panels=P % 2 == 0 or P > 4)
     if not jobs:                                          # no rows or no columns
-        return out
+        return
     by_panels = jobs[0][1] < P
     if not by_panels:
-        pack(B, panels)
-    pool.run(_pack_and_gemm, [(A, B, panels, out, p0, p1, r0, r1, accumulate, e, by_panels)
-                              for (p0, p1, r0, r1), e in zip(jobs, edges)])
-    return out
+        job_fn(*args((0, P, 0, 0), edges[0], True))      # pack every panel, multiply nothing
+    pool.run(job_fn, [args(job, e, by_panels) for job, e in zip(jobs, edges)])

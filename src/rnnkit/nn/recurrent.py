@@ -189,13 +189,16 @@ class _Recurrent(Module):
         f = cell.fused()
         G = f.WxT.shape[1]
         A = self._buf(key + "A", (T, N, G))                                       # pre-acts -> acts
-        cell.blas.matmul(x.reshape(T * N, -1), f.WxT, out=A.reshape(T * N, G))  # X W_ih^T, one GEMM
+        loop = TimeLoop.for_cell(cell)
+        if loop is not None:                                          # X W_ih^T, one GEMM
+            loop.input_product(f, x.reshape(T * N, -1), A.reshape(T * N, G))
+        else:
+            cell.blas.matmul(x.reshape(T * N, -1), f.WxT, out=A.reshape(T * N, G))
         S = [self._buf(f"{key}S{j}", (T + 2, N, H)) for j in range(cell.num_states)]
         first = T + 1 if reverse else 0
         for Sj, s0 in zip(S, init):
             Sj[first] = 0 if s0 is None else s0
         cache = [self._buf(f"{key}C{j}", (T, N, H)) for j in range(cell.cache_slots)]
-        loop = TimeLoop.for_cell(cell)
         if loop is not None:                                  # the same loop, compiled
             loop.forward(f, A, S, cache, sizes, reverse)
         else:
@@ -290,7 +293,11 @@ class _Recurrent(Module):
         Hprev = S[0][2:T + 2] if reverse else S[0][0:T]                          # (T, N, H)
         cell.weight_grads(x.reshape(M, -1), Hprev.reshape(M, H), dZ,
                           gbuf[0].reshape(M, H) if gbuf else None)
-        dx = cell.blas.matmul(dZ, f.Wx).reshape(T, N, -1)                        # dX = dZ W_ih
+        dx = xp.empty((T, N, x.shape[2]), dtype=self.dtype)                      # dX = dZ W_ih
+        if loop is not None:
+            loop.input_grad(f, dZ, dx.reshape(M, -1))
+        else:
+            cell.blas.matmul(dZ, f.Wx, out=dx.reshape(M, -1))
         return dx, d
 
 

@@ -262,12 +262,37 @@ class TimeLoop:
         return loop
 
     def _buf(self, name, shape):
-        """A reused buffer (float32: only the packed loop keeps any): a fresh array of this
-        size at every call would cost its page faults every time."""
+        """A reused float32 buffer (only the packed loop keeps any) of this shape, a view of
+        the largest that ``name`` has needed (the forward and the backward pass share theirs):
+        a fresh array of this size at every call would cost its page faults every time."""
+        size = int(np.prod(shape))
         b = self._ws.get(name)
-        if b is None or b.shape != shape:
-            b = self._ws[name] = np.empty(shape, dtype=np.float32)
-        return b
+        if b is None or b.size < size:
+            b = self._ws[name] = np.empty(size, dtype=np.float32)
+        return b[:size].reshape(shape)
+
+    def input_product(self, f, X, out) -> None:
+        """``out (M, G) = X W_ih^T`` for ``X (M, D)``, in the kernels' gate order and scale: the
+        one product of the input projection per direction. The packed loop packs ``W_ih``
+        straight from the parameter into a buffer it keeps (no reordered, scaled copy)."""
+        if not self.packed:
+            self.cell.blas.matmul(X, f.WxT, out=out)
+            return
+        (rows, scale), = self._columns([0, self.cell.hidden_size])[1]   # all units: one part
+        panels = self._buf("Wi", (_packed.panel_count(len(rows)), X.shape[1], _packed.NR))
+        _packed.matmul_rows_t(X, self.cell.weight_ih, rows, scale, out, self.cell.blas.pool,
+                              panels)
+
+    def input_grad(self, f, dZ, out) -> None:
+        """``out (M, D) = dZ W_ih`` for the gate gradients ``dZ (M, G)`` (kernels' order): the
+        input's gradient, packed like ``input_product``."""
+        if not self.packed:
+            self.cell.blas.matmul(dZ, f.Wx, out=out)
+            return
+        order, _ = self._columns([0, self.cell.hidden_size])
+        W = self.cell.weight_ih
+        panels = self._buf("Wi", (_packed.panel_count(W.shape[1]), len(order), _packed.NR))
+        _packed.matmul_rows(dZ, W, order, out, self.cell.blas.pool, panels)
 
     def _columns(self, cuts):
         """For each part of ``cuts``: its columns of the fused gates (each gate's units
@@ -325,7 +350,7 @@ class TimeLoop:
             _, cols = self._columns(cuts)
             for k, (rows, scale) in enumerate(cols):
                 P = _packed.panel_count(len(rows))
-                panels.append(self._buf(f"Whh{k}", (P, H, _packed.NR)))
+                panels.append(self._buf(f"Wh{k}", (P, H, _packed.NR)))
                 _packed.pack_rows_t(self.cell.weight_hh, rows, scale, panels[k])
                 R.append(self._buf(f"R{k}", (N, len(rows))))
         else:
