@@ -241,7 +241,7 @@ class TimeLoop:
         self.addr = 0 if self.packed else (native.sgemm if cell.dtype == np.float32
                                            else native.dgemm)
         self.ilp64 = False if self.packed else native.ilp64
-        self._ws = {}                     # the packed loop's reused buffers, by name and shape
+        self._ws = {}                     # the packed loop's reused buffers and column maps
 
     @classmethod
     def for_cell(cls, cell):
