@@ -92,7 +92,8 @@ def markdown(res: dict) -> str:
              f"{m['cpu']}, {m['cores']} cores; Python {m['python']}, NumPy {m['numpy']}, "
              f"PyTorch {m['torch']} (2 threads), numba kernels: {m['numba']}; rnnkit's "
              f"matrix products: {m['blas']} ({m['mkl']}), in a language model whose W_hh has "
-             f"2^18 entries or more (an LSTM from H = 256 on) {m.get('blas_large_lm', m['blas'])}"
+             f"3 x 2^16 entries or more (an LSTM or a GRU from H = 256 on) "
+             f"{m.get('blas_large_lm', m['blas'])}"
              ". "
              f"float32 GEMM peak measured: {res['gemm_peak_gflops']:.0f} GFLOP/s."]
     for title, key, columns in TABLES:
