@@ -434,12 +434,12 @@ def for_model(name: str, hidden_size: int, gates: int = 4, device: str = "cpu",
     its two threads.
 
     Measured on a 2-core AMD EPYC (Zen 4), side by side with OpenBLAS in the same process
-    (``benchmarks/bench_train.py``, five or more runs each): language models trained on the
-    packed kernel 1.00-1.21x as fast with an H=256 LSTM (2^18 entries), 0.98-1.35x with an
-    H=256 GRU (3 x 2^16; 1.62-1.80x PyTorch's speed, where OpenBLAS gave 1.33-1.81x),
-    1.03-1.13x with H=512 LSTM, GRU and RNN; 0.87-1.07x with an H=256 RNN (2^16) and
-    0.75-0.95x with min-char-rnn's H=100 RNN (``benchmarks/bench_minchar.py``), which stay on
-    NumPy's BLAS."""
+    (``benchmarks/bench_train.py``, four to fourteen runs each): language models trained on
+    the packed kernel 1.01-1.23x as fast with an H=256 LSTM (2^18 entries), 0.96-1.35x with an
+    H=256 GRU (3 x 2^16; 1.53-1.80x PyTorch's speed, where OpenBLAS gave 1.33-1.81x),
+    0.97-1.31x (1.10x typical) with H=512 LSTM, GRU and RNN; 0.87-1.02x with an H=256 RNN
+    (2^16) and 0.66-0.99x with min-char-rnn's H=100 RNN (``benchmarks/bench_minchar.py``),
+    which stay on NumPy's BLAS."""
     if (name != "auto" or device != "cpu" or np.dtype(dtype) != np.float32
             or gates * hidden_size ** 2 < PACKED_MIN_WEIGHTS
             or os.environ.get("RNNKIT_BLAS", "auto") not in ("", "auto") or intel_cpu()):
