@@ -187,7 +187,7 @@ class _Recurrent(Module):
         xp, H = self.xp, self.hidden_size
         T, N, _ = x.shape
         f = cell.fused()
-        G = f.WxT.shape[1]
+        G = cell.gates * H
         A = self._buf(key + "A", (T, N, G))                                       # pre-acts -> acts
         loop = TimeLoop.for_cell(cell)
         if loop is not None:                                          # X W_ih^T, one GEMM
