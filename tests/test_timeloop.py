@@ -165,3 +165,33 @@ def test_numpy_blas_found_where_numpy_bundles_openblas():
         pytest.skip("this NumPy does not bundle OpenBLAS")
     native = blas.get_blas("numpy").native()
     assert native is not None and native.sgemm and native.dgemm
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_packed_loop_sums_the_bias_gradients(monkeypatch, kind):
+    """The packed backward loop sums each step's gate gradients as it goes, so the bias
+    gradients take no product over all steps afterwards; they equal the sums taken apart."""
+    from rnnkit import blas, packed
+    if not packed.available():
+        pytest.skip("needs numba")
+    cls, extra = LAYERS[kind]
+    rng = np.random.default_rng(7)
+    N, T, D, H = 5, 9, 6, 37
+    x, dy = (rng.standard_normal(s).astype(np.float32) for s in ((N, T, D), (N, T, H)))
+    grads = {}
+    for name in ("packed", "numpy"):
+        layer = cls(D, H, num_layers=2, rng=np.random.default_rng(3), blas=name, **extra)
+        rows = []
+        matmul = type(layer.cells[0][0].blas).matmul
+        monkeypatch.setattr(type(layer.cells[0][0].blas), "matmul",
+                            lambda self, a, b, out=None: rows.append(a.shape[0])
+                            or matmul(self, a, b, out=out))
+        layer(x)
+        layer.backward(dy)
+        monkeypatch.undo()
+        if name == "packed":
+            assert 1 not in rows                   # no ones (1, M) @ dZ (M, G)
+        grads[name] = {k: g.copy() for k, _, g in layer.named_parameters()}
+    for k in grads["numpy"]:
+        np.testing.assert_allclose(grads["packed"][k], grads["numpy"][k], rtol=1e-5, atol=1e-5,
+                                   err_msg=k)

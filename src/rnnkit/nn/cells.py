@@ -196,7 +196,7 @@ class _Cell(Module):
     def _recurrent_candidate_bias(self, b, b_ih, b_hh):
         return b_hh[:0]
 
-    def weight_grads(self, X, Hprev, dZ, dHn=None) -> None:
+    def weight_grads(self, X, Hprev, dZ, dHn=None, bias_sums=None) -> None:
         """Write the parameter gradients of many steps at once, in PyTorch's order.
 
         Rows are (time, batch) pairs, ``M`` of them: ``X (M, D)`` inputs, ``Hprev (M, H)``
@@ -206,6 +206,8 @@ class _Cell(Module):
             dW_ih = dZ^T X     dW_hh = dZ^T Hprev     db_ih = db_hh = sum_rows dZ
 
         (for the GRU the candidate rows of ``dW_hh`` and ``db_hh`` use ``dHn`` instead).
+        ``bias_sums``: ``(sum_rows dZ, sum_rows dHn or None)`` when the loop over time has summed
+        them already (the packed loop does, each step's rows while they are in cache).
         """
         xp, H = self.xp, self.hidden_size
         order = self._perm
@@ -227,12 +229,14 @@ class _Cell(Module):
             g["weight_ih"][order] = dW_ih
             g["weight_hh"][order] = dW_hh
         if self.bias:
-            ones = xp.ones((1, dZ.shape[0]), dtype=self.dtype)
-            db = mm(ones, dZ)[0]                                   # a product: faster than .sum(0)
-            db_hh = db
+            if bias_sums is None:
+                ones = xp.ones((1, dZ.shape[0]), dtype=self.dtype)
+                bias_sums = (mm(ones, dZ)[0],                      # a product: faster than .sum(0)
+                             None if dHn is None else mm(ones, dHn)[0])
+            db = db_hh = bias_sums[0]
             if dHn is not None:
                 db_hh = db.copy()
-                db_hh[2 * H:] = mm(ones, dHn)[0]
+                db_hh[2 * H:] = bias_sums[1]
             if order is None:
                 g["bias_ih"][...], g["bias_hh"][...] = db, db_hh
             else:

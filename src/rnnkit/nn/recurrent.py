@@ -275,8 +275,9 @@ class _Recurrent(Module):
              for s in init]                                                       # (N, H) each
         gbuf = [self._buf(f"{key}g{j}", (T, N, H)) for j in range(cell.grad_slots)]
         loop = TimeLoop.for_cell(cell)
+        bias_grads = None
         if loop is not None:                                  # the same loop, compiled
-            loop.backward(f, A, S, cache, d, gbuf, dout, sizes, reverse)
+            bias_grads = loop.backward(f, A, S, cache, d, gbuf, dout, sizes, reverse)
         else:
             tmp = cell.new_tmp(N)
             for t in (range(T) if reverse else range(T - 1, -1, -1)):
@@ -292,7 +293,7 @@ class _Recurrent(Module):
         dZ = A.reshape(M, G)                                                     # A now holds dZ
         Hprev = S[0][2:T + 2] if reverse else S[0][0:T]                          # (T, N, H)
         cell.weight_grads(x.reshape(M, -1), Hprev.reshape(M, H), dZ,
-                          gbuf[0].reshape(M, H) if gbuf else None)
+                          gbuf[0].reshape(M, H) if gbuf else None, bias_grads)
         dx = xp.empty((T, N, x.shape[2]), dtype=self.dtype)                      # dX = dZ W_ih
         if loop is not None:
             loop.input_grad(f, dZ, dx.reshape(M, -1))

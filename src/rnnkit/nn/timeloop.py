@@ -140,6 +140,17 @@ if _fused.available():
         return True
 
     @_jit
+    def _column_sums(X, t, b, H, gates, j0, j1, out):
+        """``out[g H + j] += sum(X[t, :b, g H + j])`` for each gate ``g`` and unit ``j`` in
+        ``[j0, j1)``."""
+        for n in range(b):
+            row = X[t, n]
+            for g in range(gates):
+                src, dst = row[g * H + j0:g * H + j1], out[g * H + j0:g * H + j1]
+                for j in range(j1 - j0):
+                    dst[j] += src[j]
+
+    @_jit
     def forward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, R, WhT, bias, b_hn,
                      Sh, Sc, cache, sizes, reverse, j0, j1):
         """Part ``part`` of one direction's forward loop, ``_Recurrent._run_direction``'s: the
@@ -179,19 +190,29 @@ if _fused.available():
 
     @_jit
     def backward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, Wh, dHH, Sh, Sc,
-                      cache, gbuf, dh, dc, dout, has_dout, sizes, reverse, j0, j1):
+                      cache, gbuf, dh, dc, dout, has_dout, sizes, reverse, j0, j1, db, dbn):
         """Part ``part`` of one direction's backward loop, ``_Recurrent._back_direction``'s: the
         units ``[j0, j1)``. ``Wh (G, H)`` the unscaled recurrent weights in fused order (or
         the part's columns of them packed in ``panels``), ``dHH (2, N, G)`` scratch for the
         GRU's recurrent-side gate gradients, taken in turns (one part may write the next step's
         while another still reads this one's), ``dh, dc (N, H)`` the state gradients, in and
-        out. A barrier after the kernel: ``dh_{t-1}`` needs all of ``dZ_t``."""
+        out. A barrier after the kernel: ``dh_{t-1}`` needs all of ``dZ_t``.
+
+        ``db (G,)``, when not empty, sums the gate gradients ``dZ`` over every step and row (the
+        bias gradient, taken while each step's are in cache; zeroed here), and ``dbn (H,)`` the
+        GRU's ``dHn`` (that of ``b_hn``)."""
         T, N, G = A.shape
         H = dh.shape[1]
         gates = G // H
         one = A.dtype.type(1.0)
         beta = one if kind == GRU else A.dtype.type(0.0)         # GRU: dh = dh' z + ...
         P = panels.shape[0]
+        sums = db.shape[0] > 0
+        if sums:
+            for g in range(gates):
+                db[g * H + j0:g * H + j1] = 0
+            if kind == GRU:
+                dbn[j0:j1] = 0
         for s in range(T):
             t = s if reverse else T - 1 - s
             p = t + 2 if reverse else t
@@ -210,6 +231,10 @@ if _fused.available():
                     A[t, n, g * H + j0:g * H + j1] = 0
                 if kind == GRU:
                     gbuf[t, n, j0:j1] = 0
+            if sums:
+                _column_sums(A, t, b, H, gates, j0, j1, db)
+                if kind == GRU:
+                    _column_sums(gbuf, t, b, H, 1, j0, j1, dbn)
             if not _sync(flags, part, s + 1):                     # dZ_t whole
                 return False
             if P:                                                 # dh = dZ W_hh (+ dh' z)
@@ -319,14 +344,18 @@ class TimeLoop:
             return [0, mid, H]
         return [0, H]
 
-    def _run(self, loop, args, cuts):
-        """``loop(*args(part, flags))`` for each part, part 1 on the backend's helper thread."""
+    def _run(self, loop, args, cuts, prepare=None):
+        """``prepare(part)`` (when given: packing the part's weights, on its own thread, side by
+        side with the other part's), then ``loop(*args(part, flags))``, for each part, part 1
+        on the backend's helper thread."""
         parts = len(cuts) - 1
         flags = np.zeros(parts + 2, dtype=np.int64)      # each part's step, abort, sched_yield
         flags[-1] = _sched_yield()
 
         def part(k):
             try:
+                if prepare is not None:
+                    prepare(k)
                 loop(*args(k, flags))        # False: another part failed, and raises its error
             except BaseException:
                 flags[parts] = 1                                  # the other part stops waiting
@@ -345,22 +374,28 @@ class TimeLoop:
         H, gates = self.cell.hidden_size, self.cell.gates
         cuts = self._parts(N, G)
         sizes = np.asarray(sizes, dtype=np.int64)
+        prepare = None
         if self.packed:               # each part's columns of W_hh^T, packed from the parameter
             WhT, panels, R = _NO_WEIGHTS, [], []
             _, cols = self._columns(cuts)
             for k, (rows, scale) in enumerate(cols):
                 P = _packed.panel_count(len(rows))
                 panels.append(self._buf(f"Wh{k}", (P, H, _packed.NR)))
-                _packed.pack_rows_t(self.cell.weight_hh, rows, scale, panels[k])
                 R.append(self._buf(f"R{k}", (N, len(rows))))
+
+            def prepare(k):
+                _packed.pack_rows_t(self.cell.weight_hh, *cols[k], panels[k])
         else:
             WhT, panels, R = f.WhT, [_NO_PANELS], [np.empty((N, G), dtype=A.dtype)]
         self._run(forward_loop, lambda k, flags: (
             self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags, A, R[k],
-            WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k], cuts[k + 1]), cuts)
+            WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k], cuts[k + 1]), cuts, prepare)
 
-    def backward(self, f, A, S, cache, d, gbuf, dout, sizes, reverse: bool) -> None:
-        """All steps of ``recurrent._Recurrent._back_direction`` (its arguments)."""
+    def backward(self, f, A, S, cache, d, gbuf, dout, sizes, reverse: bool):
+        """All steps of ``recurrent._Recurrent._back_direction`` (its arguments). Returns the
+        bias gradients that the packed loop sums as it goes, ``(db (G,), db_hn (H,) or None)``
+        in the kernels' order (what ``cells._Cell.weight_grads`` takes), or None where the loop
+        does not (no bias, or not the packed loop)."""
         Sc = S[1] if len(S) > 1 else S[0]
         hn = cache[0] if cache else S[0]
         g = gbuf[0] if gbuf else S[0]
@@ -372,22 +407,33 @@ class TimeLoop:
             dout = np.empty((1, 1, 1), dtype=A.dtype)
         cuts = self._parts(N, G)
         sizes = np.asarray(sizes, dtype=np.int64)
+        prepare = None
         if self.packed:               # each part's columns of W_hh, packed from the parameter
             Wh, panels = _NO_WEIGHTS, []
             order, _ = self._columns(cuts)
             for k, (j0, j1) in enumerate(zip(cuts, cuts[1:])):
                 panels.append(self._buf(f"Wh{k}", (_packed.panel_count(j1 - j0), G, _packed.NR)))
-                _packed.pack_rows(self.cell.weight_hh, order, j0, j1, panels[k])
+
+            def prepare(k):
+                _packed.pack_rows(self.cell.weight_hh, order, cuts[k], cuts[k + 1], panels[k])
         else:
             Wh, panels = f.Wh, [_NO_PANELS] * (len(cuts) - 1)
+        db = dbn = _NO_SUMS
+        if self.packed and self.cell.bias:
+            db = np.empty(G, dtype=A.dtype)
+            dbn = np.empty(self.cell.hidden_size, dtype=A.dtype) if self.kind == GRU else db
         self._run(backward_loop, lambda k, flags: (
             self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags, A, Wh,
             dHH, S[0], Sc, hn, g, d[0], dc, dout, has_dout, sizes, reverse, cuts[k],
-            cuts[k + 1]), cuts)
+            cuts[k + 1], db, dbn), cuts, prepare)
+        if db is _NO_SUMS:
+            return None
+        return db, (dbn if self.kind == GRU else None)
 
 
 _NO_PANELS = np.empty((0, 1, _packed.NR), dtype=np.float32)   # the BLAS path: no packed weights
 _NO_WEIGHTS = np.empty((1, 1), dtype=np.float32)               # the packed path: no BLAS weights
+_NO_SUMS = np.empty(0, dtype=np.float32)                        # no bias sums in the loop
 
 
 def _edge():
