@@ -1,6 +1,8 @@
 """rnnkit.packed (the packed-weights float32 GEMM) and blas="packed", against NumPy."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -277,6 +279,50 @@ def test_a_forked_child_gets_its_own_helper_thread():
 def test_pool_takes_at_most_two_jobs():
     with pytest.raises(ValueError, match="two"):
         packed.Pool().run(lambda k: None, [(0,), (1,), (2,)])
+
+
+@pytest.mark.parametrize("spinning", [True, False])
+def test_pool_runs_two_jobs_on_two_threads_and_raises_their_errors(monkeypatch, spinning):
+    """The helper takes the first job, this thread the second; both finish before ``run``
+    returns; this thread's error comes first, the helper's next, and neither is left over for
+    the next run. Also without numba's spin (the threads then wait on queues), and after the
+    helper has stopped spinning and gone to sleep."""
+    import threading
+    from rnnkit import spin
+    if not spinning:
+        monkeypatch.setattr(spin, "available", lambda: False)
+    monkeypatch.setattr(packed, "IDLE_SPINS", 1 << 10)
+    pool = packed.Pool()
+    seen = {}
+
+    def job(k, fail=()):
+        time.sleep(0.01)                                  # the other job runs meanwhile
+        seen[k] = threading.get_ident()
+        if k in fail:
+            raise RuntimeError(f"job {k}")
+    for _ in range(3):
+        seen.clear()
+        pool.run(job, [(0,), (1,)])
+        assert set(seen) == {0, 1} and seen[0] != seen[1] == threading.get_ident()
+        time.sleep(0.02)                                  # the helper sleeps on its queue
+    with pytest.raises(RuntimeError, match="job 1"):
+        pool.run(job, [(0, (0, 1)), (1, (0, 1))])
+    with pytest.raises(RuntimeError, match="job 0"):
+        pool.run(job, [(0, (0,)), (1, ())])
+    seen.clear()
+    pool.run(job, [(0,), (1,)])                           # nothing left over
+    assert set(seen) == {0, 1}
+
+
+def test_spin_waits_until_a_flag_comes_or_its_spins_run_out():
+    from rnnkit import spin
+    if not spin.available():
+        pytest.skip("needs numba")
+    flags = np.zeros(2, dtype=np.int64)
+    assert not spin.wait_for(flags, 0, 1, 1000, spin.sched_yield())
+    assert spin.post_and_wait(flags, 0, 5, 0, 5, 10, 10, 0)          # its own post: at once
+    assert flags[0] == 5
+    assert spin.wait_for(flags, 0, 3, -1, 0)
 
 
 def test_gemm_refuses_operands_of_the_wrong_shape():

@@ -23,49 +23,22 @@ CPU and its BLAS can be found; otherwise the sequence layer loops in Python.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
-
 import numpy as np
 
 from .. import packed as _packed
+from .. import spin as _spin
 from ..blas import _cores
 from . import fused as _fused
 
 RNN, LSTM, GRU = 0, 1, 2
 THREADED = 1 << 18     # blas='packed': fewer multiply-adds a step and the loop stays on one thread
 MIN_UNITS = 32         # ... and so it does with fewer hidden units than this a thread
-SPINS = 1 << 14        # spins of a barrier's wait between two sched_yield calls
 
 if _fused.available():
     import numba
     from llvmlite import ir
     from numba.core import cgutils, types
     from numba.extending import intrinsic
-
-    @intrinsic
-    def _load_acquire(typingctx, arr, i):
-        """``arr[i]`` of an int64 array, read atomically with acquire order."""
-        sig = types.int64(arr, i)
-
-        def codegen(context, builder, sig, args):
-            ary = context.make_array(sig.args[0])(context, builder, args[0])
-            ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
-            return builder.load_atomic(ptr, ordering="acquire", align=8)
-        return sig, codegen
-
-    @intrinsic
-    def _store_release(typingctx, arr, i, v):
-        """``arr[i] = v`` into an int64 array, written atomically with release order."""
-        sig = types.void(arr, i, v)
-
-        def codegen(context, builder, sig, args):
-            ary = context.make_array(sig.args[0])(context, builder, args[0])
-            ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
-            builder.store_atomic(context.cast(builder, args[2], sig.args[2], types.int64), ptr,
-                                 ordering="release", align=8)
-            return context.get_dummy_value()
-        return sig, codegen
 
     @intrinsic
     def _cblas_gemm(typingctx, addr, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
@@ -108,17 +81,6 @@ if _fused.available():
             _cblas_gemm(addr, np.int32(m), np.int32(n), np.int32(k), one, a, np.int32(lda), b,
                         np.int32(ldb), beta, c, np.int32(ldc))
 
-    @intrinsic
-    def _call_void(typingctx, addr):
-        """Call the C function ``void f(void)`` at address ``addr``."""
-        sig = types.void(addr)
-
-        def codegen(context, builder, sig, args):
-            fnty = ir.FunctionType(ir.VoidType(), [])
-            builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [])
-            return context.get_dummy_value()
-        return sig, codegen
-
     @_jit
     def _sync(flags, part, n):
         """A barrier: this part has reached point ``n``; wait until every part has. ``flags``
@@ -128,15 +90,15 @@ if _fused.available():
         spins (a step lasts tens of microseconds, less than waking a sleeping thread costs),
         and yields the core now and then, in case the other part is waiting for it."""
         parts = flags.shape[0] - 2
-        _store_release(flags, part, n)
+        _spin.store_release(flags, part, n)
         for k in range(parts):
             spins = 0
-            while _load_acquire(flags, k) < n:
-                if _load_acquire(flags, parts) != 0:
+            while _spin.load_acquire(flags, k) < n:
+                if _spin.load_acquire(flags, parts) != 0:
                     return False
                 spins += 1
-                if spins % SPINS == 0 and flags[parts + 1] != 0:
-                    _call_void(flags[parts + 1])
+                if spins % _spin.SPINS == 0 and flags[parts + 1] != 0:
+                    _spin.call_void(flags[parts + 1])
         return True
 
     @_jit
@@ -152,7 +114,7 @@ if _fused.available():
 
     @_jit
     def forward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, R, WhT, bias, b_hn,
-                     Sh, Sc, cache, sizes, reverse, j0, j1):
+                     Sh, Sc, cache, sizes, reverse, j0, j1, W, rows, scale):
         """Part ``part`` of one direction's forward loop, ``_Recurrent._run_direction``'s: the
         hidden units ``[j0, j1)``. ``A (T, N, G)`` holds ``x W_ih^T``; ``R`` is scratch for the
         step's recurrent product, ``(N, G)``, or ``(N, gates * (j1 - j0))`` (the part's units);
@@ -160,11 +122,15 @@ if _fused.available():
         ``cblas_?gemm`` at ``addr`` with ``WhT (H, G)`` (all units, one part), or, when
         ``panels`` is not empty, ``packed.gemm`` with the part's columns of ``W_hh^T`` packed
         there. A barrier ends each step (every part of ``h_t`` written). False when another
-        part failed."""
+        part failed. ``W``, ``rows``, ``scale``, when ``rows`` is not empty: the part packs
+        its panels first, ``packed.pack_rows_t(W, rows, scale, panels)`` (the two parts side
+        by side)."""
         T, N, G = A.shape
         H = Sh.shape[2]
         zero, one = A.dtype.type(0.0), A.dtype.type(1.0)
         P = panels.shape[0]
+        if rows.shape[0]:
+            _packed.pack_rows_t(W, rows, scale, panels)
         for s in range(T):
             t = T - 1 - s if reverse else s
             p = t + 2 if reverse else t
@@ -190,7 +156,8 @@ if _fused.available():
 
     @_jit
     def backward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, Wh, dHH, Sh, Sc,
-                      cache, gbuf, dh, dc, dout, has_dout, sizes, reverse, j0, j1, db, dbn):
+                      cache, gbuf, dh, dc, dout, has_dout, sizes, reverse, j0, j1, db, dbn, W,
+                      rows):
         """Part ``part`` of one direction's backward loop, ``_Recurrent._back_direction``'s: the
         units ``[j0, j1)``. ``Wh (G, H)`` the unscaled recurrent weights in fused order (or
         the part's columns of them packed in ``panels``), ``dHH (2, N, G)`` scratch for the
@@ -200,13 +167,16 @@ if _fused.available():
 
         ``db (G,)``, when not empty, sums the gate gradients ``dZ`` over every step and row (the
         bias gradient, taken while each step's are in cache; zeroed here), and ``dbn (H,)`` the
-        GRU's ``dHn`` (that of ``b_hn``)."""
+        GRU's ``dHn`` (that of ``b_hn``). ``W``, ``rows``, when ``rows`` is not empty: the
+        part packs its panels first, ``packed.pack_rows(W, rows, j0, j1, panels)``."""
         T, N, G = A.shape
         H = dh.shape[1]
         gates = G // H
         one = A.dtype.type(1.0)
         beta = one if kind == GRU else A.dtype.type(0.0)         # GRU: dh = dh' z + ...
         P = panels.shape[0]
+        if rows.shape[0]:
+            _packed.pack_rows(W, rows, j0, j1, panels)
         sums = db.shape[0] > 0
         if sums:
             for g in range(gates):
@@ -344,18 +314,16 @@ class TimeLoop:
             return [0, mid, H]
         return [0, H]
 
-    def _run(self, loop, args, cuts, prepare=None):
-        """``prepare(part)`` (when given: packing the part's weights, on its own thread, side by
-        side with the other part's), then ``loop(*args(part, flags))``, for each part, part 1
-        on the backend's helper thread."""
+    def _run(self, loop, args, cuts):
+        """``loop(*args(part, flags))`` for each part, part 1 on the backend's helper thread
+        (one call into compiled code a part: between two, a thread would hold Python's GIL,
+        which the other may be waiting for, see ``packed.Pool``)."""
         parts = len(cuts) - 1
         flags = np.zeros(parts + 2, dtype=np.int64)      # each part's step, abort, sched_yield
-        flags[-1] = _sched_yield()
+        flags[-1] = _spin.sched_yield()
 
         def part(k):
             try:
-                if prepare is not None:
-                    prepare(k)
                 loop(*args(k, flags))        # False: another part failed, and raises its error
             except BaseException:
                 flags[parts] = 1                                  # the other part stops waiting
@@ -374,22 +342,21 @@ class TimeLoop:
         H, gates = self.cell.hidden_size, self.cell.gates
         cuts = self._parts(N, G)
         sizes = np.asarray(sizes, dtype=np.int64)
-        prepare = None
         if self.packed:               # each part's columns of W_hh^T, packed from the parameter
-            WhT, panels, R = _NO_WEIGHTS, [], []
+            WhT, panels, R = _NO_WEIGHTS, [], []      # (by the part's thread, in the loop)
             _, cols = self._columns(cuts)
             for k, (rows, scale) in enumerate(cols):
                 P = _packed.panel_count(len(rows))
                 panels.append(self._buf(f"Wh{k}", (P, H, _packed.NR)))
                 R.append(self._buf(f"R{k}", (N, len(rows))))
-
-            def prepare(k):
-                _packed.pack_rows_t(self.cell.weight_hh, *cols[k], panels[k])
+            W = self.cell.weight_hh
         else:
             WhT, panels, R = f.WhT, [_NO_PANELS], [np.empty((N, G), dtype=A.dtype)]
+            W, cols = _NO_WEIGHTS, [(_NO_ROWS, _NO_SUMS)]
         self._run(forward_loop, lambda k, flags: (
             self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags, A, R[k],
-            WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k], cuts[k + 1]), cuts, prepare)
+            WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k], cuts[k + 1], W, *cols[k]),
+            cuts)
 
     def backward(self, f, A, S, cache, d, gbuf, dout, sizes, reverse: bool):
         """All steps of ``recurrent._Recurrent._back_direction`` (its arguments). Returns the
@@ -407,17 +374,15 @@ class TimeLoop:
             dout = np.empty((1, 1, 1), dtype=A.dtype)
         cuts = self._parts(N, G)
         sizes = np.asarray(sizes, dtype=np.int64)
-        prepare = None
         if self.packed:               # each part's columns of W_hh, packed from the parameter
-            Wh, panels = _NO_WEIGHTS, []
+            Wh, panels = _NO_WEIGHTS, []              # (by the part's thread, in the loop)
             order, _ = self._columns(cuts)
             for k, (j0, j1) in enumerate(zip(cuts, cuts[1:])):
                 panels.append(self._buf(f"Wh{k}", (_packed.panel_count(j1 - j0), G, _packed.NR)))
-
-            def prepare(k):
-                _packed.pack_rows(self.cell.weight_hh, order, cuts[k], cuts[k + 1], panels[k])
+            W = self.cell.weight_hh
         else:
             Wh, panels = f.Wh, [_NO_PANELS] * (len(cuts) - 1)
+            W, order = _NO_WEIGHTS, _NO_ROWS
         db = dbn = _NO_SUMS
         if self.packed and self.cell.bias:
             db = np.empty(G, dtype=A.dtype)
@@ -425,7 +390,7 @@ class TimeLoop:
         self._run(backward_loop, lambda k, flags: (
             self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags, A, Wh,
             dHH, S[0], Sc, hn, g, d[0], dc, dout, has_dout, sizes, reverse, cuts[k],
-            cuts[k + 1], db, dbn), cuts, prepare)
+            cuts[k + 1], db, dbn, W, order), cuts)
         if db is _NO_SUMS:
             return None
         return db, (dbn if self.kind == GRU else None)
@@ -434,18 +399,9 @@ class TimeLoop:
 _NO_PANELS = np.empty((0, 1, _packed.NR), dtype=np.float32)   # the BLAS path: no packed weights
 _NO_WEIGHTS = np.empty((1, 1), dtype=np.float32)               # the packed path: no BLAS weights
 _NO_SUMS = np.empty(0, dtype=np.float32)                        # no bias sums in the loop
+_NO_ROWS = np.empty(0, dtype=np.int64)                          # no weights to pack
 
 
 def _edge():
     """Scratch for a ragged last panel (``packed.gemm``'s ``edge``), one for each part."""
     return np.empty((_packed.MR, _packed.NR), dtype=np.float32)
-
-
-@functools.cache
-def _sched_yield() -> int:
-    """The address of the C library's ``sched_yield``, or 0 where there is none."""
-    try:
-        return ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value or 0
-    except (OSError, AttributeError, TypeError):                  # pragma: no cover - not POSIX
-        return 0
-
