@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import jitcache
 from .. import packed as _packed
 from .. import spin as _spin
 from ..blas import _cores
@@ -214,6 +215,10 @@ if _fused.available():
                 src = _at(dHH, (s % 2) * N * G) if kind == GRU else _at(A, t * N * G)
                 _gemm(addr, ilp64, b, H, G, one, src, G, _at(Wh, 0), H, beta, _at(dh, 0), H)
         return True
+
+    # the loops compile in the kernels, the packed product and the atomics of three other files
+    jitcache.forget_if_changed(forward_loop, __file__,
+                               [_fused.__file__, _packed.__file__, _spin.__file__])
 
 
 def available() -> bool:
