@@ -394,7 +394,13 @@ class LSTMCell(_Cell):
         dc = dc' * f            dh = dz W_hh     dx = dz W_ih
     """
 
-    gates, num_states, sigmoid_blocks, cache_slots = 4, 2, 3, 1     # cache: tanh(c')
+    gates, num_states, sigmoid_blocks = 4, 2, 3
+
+    @property
+    def cache_slots(self):
+        """1 (``tanh(c')``, which backward reads) but with numba's kernels, which compute it
+        again from ``c'`` rather than write it to memory and read it back (``fused.py``)."""
+        return 0 if self._k is _fused else 1
 
     def _order(self):
         H = self.hidden_size
@@ -415,7 +421,8 @@ class LSTMCell(_Cell):
     def step_elementwise(self, f, A, t, S, p, cache, tmp, b):
         xp, H = self.xp, self.hidden_size
         if self.fused_kernels:
-            self._k.lstm_forward(A, tmp[0], f.b, t, S[0], S[1], p, cache[0], b)
+            self._k.lstm_forward(A, tmp[0], f.b, t, S[0], S[1], p, cache[0] if cache else S[1],
+                                 b)
             return
         a = A[t, :b]                                               # (b, 4H): i f o g, x W_ih^T
         a += tmp[0][:b]                                            # + h W_hh^T
@@ -436,7 +443,7 @@ class LSTMCell(_Cell):
         xp, H = self.xp, self.hidden_size
         dh, dc = d[0][:b], d[1][:b]
         if self.fused_kernels:
-            self._k.lstm_backward(A, t, S[1], p, cache[0], d[0], d[1], b)
+            self._k.lstm_backward(A, t, S[1], p, cache[0] if cache else S[1], d[0], d[1], b)
             self.blas.matmul(A[t, :b], f.Wh, out=dh)               # dh = dz W_hh
             return
         a, tc, c_prev, tt = A[t, :b], cache[0][t, :b], S[1][p, :b], tmp[1][:b]

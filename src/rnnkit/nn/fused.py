@@ -83,7 +83,13 @@ if numba is not None:
     # -- LSTM (fused gate order i, f, o, g; i, f, o pre-scaled by 1/2) ----------------------------
     @_jit
     def lstm_forward_cols(A, R, bias, t, Sh, Sc, p, tc, b, j0, j1):
-        """``A[t] <- acts(A[t] + R + bias)``; ``c = f c_prev + i g``; ``tc = tanh(c)``; ``h = o tc``."""
+        """``A[t] <- acts(A[t] + R + bias)``; ``c = f c_prev + i g``; ``h = o tanh(c)``.
+
+        ``tanh(c)`` is not kept (``tc`` is not written; the NumPy and CUDA kernels keep it):
+        ``lstm_backward_cols`` computes it again from ``c``, which the step before it in the
+        backward pass has just read as its ``c_prev``. That saves a write here and a read
+        there of ``(N, H)`` a step, by then from memory, and the buffer (``LSTMCell.cache_slots``
+        is 0 with these kernels: 2 MB a layer of the H=256 language model)."""
         # short loops a row, each over few arrays: one loop over all seven does not vectorise
         H, W = Sh.shape[2], j1 - j0
         half = A.dtype.type(0.5)
@@ -99,14 +105,11 @@ if numba is not None:
                         ag[j] = ftanh(ag[j] + rg[j] + bg[j])
             i, f = a[j0:j1], a[H + j0:H + j1]
             o, g = a[2 * H + j0:2 * H + j1], a[3 * H + j0:3 * H + j1]
-            c_prev, c_out = Sc[p, n, j0:j1], Sc[t + 1, n, j0:j1]
-            h_out, tc_out = Sh[t + 1, n, j0:j1], tc[t, n, j0:j1]
+            c_prev, c_out, h_out = Sc[p, n, j0:j1], Sc[t + 1, n, j0:j1], Sh[t + 1, n, j0:j1]
             for j in range(W):
                 c = f[j] * c_prev[j] + i[j] * g[j]
                 c_out[j] = c
-                tcj = ftanh(c)
-                tc_out[j] = tcj
-                h_out[j] = o[j] * tcj
+                h_out[j] = o[j] * ftanh(c)
 
     @_jit
     def lstm_forward(A, R, bias, t, Sh, Sc, p, tc, b):
@@ -114,18 +117,20 @@ if numba is not None:
 
     @_jit
     def lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, j0, j1):
-        """Gate gradients (before the nonlinearities) replace ``A[t]``; ``dc <- dc' * f``."""
+        """Gate gradients (before the nonlinearities) replace ``A[t]``; ``dc <- dc' * f``.
+        ``tanh(c)`` from the step's ``c`` (``Sc[t + 1]``), as ``lstm_forward_cols`` computed
+        it (the same function of the same number: the same bits); ``tc`` is not read."""
         H, W = dh.shape[1], j1 - j0
         one = A.dtype.type(1.0)
         for n in range(b):
             a = A[t, n]
             i, f = a[j0:j1], a[H + j0:H + j1]
             o, g = a[2 * H + j0:2 * H + j1], a[3 * H + j0:3 * H + j1]
-            c_prev, tcn = Sc[p, n, j0:j1], tc[t, n, j0:j1]
+            c_prev, cn = Sc[p, n, j0:j1], Sc[t + 1, n, j0:j1]
             dhn, dcn = dh[n, j0:j1], dc[n, j0:j1]
             for j in range(W):
                 ij, fj, oj, gj = i[j], f[j], o[j], g[j]
-                tcj, dhj = tcn[j], dhn[j]
+                tcj, dhj = ftanh(cn[j]), dhn[j]
                 dcj = dcn[j] + dhj * oj * (one - tcj * tcj)
                 i[j] = dcj * gj * ij * (one - ij)
                 f[j] = dcj * c_prev[j] * fj * (one - fj)
