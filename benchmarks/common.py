@@ -24,7 +24,15 @@ def finish(rows, path):
 
 def side_by_side(fns: dict, rounds: int = 5, steps: int = 2, warmup: int = 1,
                  pause: float = 0.5) -> dict:
-    """Median seconds per call of each function in ``fns`` (name -> callable), timed in turns.
+    """Median seconds per call of each function in ``fns`` (name -> callable), timed in turns
+    (``timed_in_turns``)."""
+    times = timed_in_turns(fns, rounds, steps, warmup, pause)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def timed_in_turns(fns: dict, rounds: int = 5, steps: int = 2, warmup: int = 1,
+                   pause: float = 0.5) -> dict:
+    """Seconds of every timed call of each function in ``fns`` (name -> list), timed in turns.
 
     Each round gives every function a block: a ``pause``, ``warmup`` untimed calls, then
     ``steps`` timed ones; the order of the functions flips from round to round, so slow drifts
@@ -48,4 +56,4 @@ def side_by_side(fns: dict, rounds: int = 5, steps: int = 2, warmup: int = 1,
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
