@@ -287,3 +287,24 @@ def test_gradcheck_lengths_all_shorter_than_T(kind):
     assert report.ok, str(report)
     y, _ = layer(x, h0, lengths=np.array([3, 2]))
     assert np.all(y[:, 3:] == 0) and np.all(y[1, 2:] == 0)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_backward_takes_dout_of_another_dtype_and_any_layout(batch_first):
+    """dout may be a non-contiguous view or of another float dtype; the layer reads it in place
+    (no time-major copy) or converts it, with the same gradients as from a contiguous array of
+    its own dtype."""
+    rng = np.random.default_rng(3)
+    N, T, D, H = 3, 5, 4, 6
+    layer = LSTM(D, H, num_layers=2, batch_first=batch_first, rng=np.random.default_rng(0))
+    x = rng.standard_normal((N, T, D) if batch_first else (T, N, D)).astype(np.float32)
+    dout = rng.standard_normal((N, T, H) if batch_first else (T, N, H))
+    results = []
+    for d in (dout.astype(np.float32), dout, np.asfortranarray(dout.astype(np.float32))):
+        layer(x)
+        dx, _ = layer.backward(d)
+        results.append((dx, [g.copy() for g in layer.grads]))
+    for dx, grads in results[1:]:
+        np.testing.assert_allclose(dx, results[0][0], rtol=1e-5, atol=1e-6)
+        for a, b in zip(grads, results[0][1]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

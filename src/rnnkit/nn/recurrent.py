@@ -226,10 +226,13 @@ class _Recurrent(Module):
             if tuple(dy.shape) != want:
                 raise ValueError(f"{type(self).__name__}.backward: expected dout of shape {want}, "
                                  f"got {tuple(dy.shape)}")
+            # (T, N, D*H), a view of dy where it can be: the loops read a step's rows of it,
+            # and a time-major copy would be one more activation-sized array at backward's peak
             dlayer = dy.transpose(1, 0, 2) if self.batch_first else dy
             if perm is not None:
                 dlayer = dlayer[:, perm]
-            dlayer = xp.ascontiguousarray(dlayer, dtype=self.dtype)              # (T, N, D*H)
+            if dlayer.dtype != self.dtype:
+                dlayer = dlayer.astype(self.dtype)
         LD = self.num_layers * D
         dstate_n = list(dstate_n)
         for j, ds in enumerate(dstate_n):
