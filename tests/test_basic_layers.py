@@ -17,6 +17,20 @@ def test_linear_gradcheck_any_leading_dims():
         assert lin(rng.standard_normal(shape)).shape == shape[:-1] + (3,)
 
 
+def test_linear_backward_consumes_what_forward_kept():
+    """The input kept for the weight gradient is let go by backward (a language model's decoder
+    keeps a whole sequence of states); a second backward is an error, not stale numbers."""
+    lin = Linear(4, 3, rng=np.random.default_rng(0), dtype=np.float64)
+    x = np.random.default_rng(1).standard_normal((5, 4))
+    lin(x)
+    assert lin._x2 is not None
+    dx = lin.backward(np.ones((5, 3)))
+    assert lin._x2 is None
+    np.testing.assert_allclose(dx, np.ones((5, 3)) @ lin.weight)
+    with pytest.raises(RuntimeError, match="before forward"):
+        lin.backward(np.ones((5, 3)))
+
+
 def test_linear_without_bias_and_init_bounds():
     rng = np.random.default_rng(1)
     lin = Linear(16, 8, bias=False, rng=rng)

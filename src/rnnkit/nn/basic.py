@@ -58,8 +58,14 @@ class Linear(Module):
         return y.reshape(*lead, self.out_features)
 
     def backward(self, dy):
+        """``dy (..., out) -> dx (..., in)``; fills the gradients. Consumes the input kept by
+        ``forward`` (a language model's decoder keeps the whole sequence's states, which would
+        otherwise stay alive through the recurrent layers' backward, at its memory peak)."""
+        if self._x2 is None:
+            raise RuntimeError("Linear.backward called before forward")
+        x2, self._x2 = self._x2, None
         dy2 = dy.reshape(-1, self.out_features)                   # (M, out)
-        self.blas.matmul(dy2.T, self._x2, out=self._grads["weight"])   # dW = dY^T X
+        self.blas.matmul(dy2.T, x2, out=self._grads["weight"])    # dW = dY^T X
         if self.bias is not None:
             dy2.sum(axis=0, out=self._grads["bias"])              # db = sum_rows dY
         return self.blas.matmul(dy2, self.weight).reshape(*self._lead, self.in_features)
