@@ -38,7 +38,7 @@ MIN_UNITS = 32         # ... and so it does with fewer hidden units than this a 
 if _fused.available():
     import numba
     from llvmlite import ir
-    from numba.core import cgutils, types
+    from numba.core import types
     from numba.extending import intrinsic
 
     @intrinsic
