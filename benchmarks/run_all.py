@@ -92,10 +92,11 @@ def markdown(res: dict) -> str:
     lines = [f"# rnnkit benchmarks ({m['date']})", "",
              f"{m['cpu']}, {m['cores']} cores; Python {m['python']}, NumPy {m['numpy']}, "
              f"PyTorch {m['torch']} (2 threads), numba kernels: {m['numba']}; rnnkit's "
-             f"matrix products: {m['blas']} ({m['mkl']}), in a language model whose W_hh has "
-             f"3 x 2^16 entries or more (an LSTM or a GRU from H = 256 on) "
-             f"{m.get('blas_large_lm', m['blas'])}"
-             ". "
+             f"matrix products: {m['blas']} for a layer's `auto` (MKL, "
+             f"{'not installed' if m['mkl'] == 'not installed' else 'installed: ' + m['mkl']},"
+             f" is taken on Intel processors only), {m.get('blas_large_lm', m['blas'])} in a "
+             f"language model whose W_hh has 3 x 2^16 entries or more (an LSTM or a GRU from "
+             f"H = 256 on). "
              f"float32 GEMM peak measured: {res['gemm_peak_gflops']:.0f} GFLOP/s."]
     for title, key, columns in TABLES:
         if not res.get(key):
