@@ -31,6 +31,30 @@ def test_linear_backward_consumes_what_forward_kept():
         lin.backward(np.ones((5, 3)))
 
 
+def test_linear_backward_into_a_callers_buffer():
+    """``backward(dy, out=buf)`` writes dx into ``buf`` (even the input forward was given: dW
+    has read it by then) with the same numbers; a buffer of the wrong shape, dtype or layout is
+    refused before anything is computed."""
+    rng = np.random.default_rng(2)
+    lin = Linear(4, 3, rng=rng, dtype=np.float64)
+    x, dy = rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 5, 3))
+    lin(x)
+    want = lin.backward(dy)
+    dW = lin.grads[0].copy()
+    buf = x.copy()
+    lin(buf)
+    got = lin.backward(dy, out=buf)
+    assert got.base is buf or got is buf
+    np.testing.assert_allclose(buf, want, rtol=1e-12)
+    np.testing.assert_allclose(lin.grads[0], dW, rtol=1e-12)
+    for bad, why in ((np.empty((2, 5, 3)), "shape"), (np.empty((2, 5, 4), np.float32), "dtype"),
+                     (np.empty((4, 5, 2)).transpose(2, 1, 0), "C-contiguous")):
+        lin(x)
+        with pytest.raises(ValueError, match=why):
+            lin.backward(dy, out=bad)
+        assert lin._x2 is not None                     # refused before anything was consumed
+
+
 def test_linear_without_bias_and_init_bounds():
     rng = np.random.default_rng(1)
     lin = Linear(16, 8, bias=False, rng=rng)
@@ -104,6 +128,16 @@ def test_cross_entropy_all_ignored_is_zero_and_errors():
         ce(np.zeros((2, 3), np.float32), np.array([0, 1, 2]))
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         ce(np.zeros((2, 3), np.float32), np.array([0, 3]))
+
+
+def test_cross_entropy_backward_needs_a_forward():
+    ce = SoftmaxCrossEntropy()
+    with pytest.raises(RuntimeError, match="before forward"):
+        ce.backward()
+    ce(np.zeros((2, 3), np.float32), np.array([0, 1]))
+    ce.backward()
+    with pytest.raises(RuntimeError, match="twice"):
+        ce.backward()
 
 
 def test_parity_with_torch():

@@ -38,6 +38,35 @@ def test_gradcheck_through_the_whole_model(cell, tie):
         assert relative_error(num, g) < 1e-6, name
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_steps_reuse_the_models_state_buffer(dropout):
+    """The recurrent output lives in one buffer the model keeps (the decoder's input gradient is
+    written over it in backward): steps of other shapes get their own, the same step twice
+    gives the same loss and gradients, and the logits forward returns are the caller's."""
+    model = small("lstm", dropout=dropout)
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 7, (2, 4)), rng.integers(0, 7, (2, 4))
+    results = []
+    for ids, tgt in ((x, y), (x[:, :3], y[:, :3]), (x, y)):
+        for layer in (model.drop_in, model.drop_out):
+            layer.rng = np.random.default_rng(5)
+        model.rnn.rng = np.random.default_rng(6)
+        model.reset_state()
+        loss = model.loss(ids, tgt)
+        model.backward()
+        assert model._h.shape == (*ids.shape, 5)
+        results.append((loss, [g.copy() for g in model.grads]))
+    assert results[2][0] == results[0][0] and results[1][0] != results[0][0]
+    for a, b in zip(results[2][1], results[0][1]):
+        np.testing.assert_array_equal(a, b)
+    model.reset_state()
+    logits = model(x)
+    kept = logits.copy()
+    model(x[:, ::-1])
+    np.testing.assert_array_equal(logits, kept)
+    assert not np.shares_memory(logits, model._h)
+
+
 def test_tied_weights_share_one_array():
     model = small(tie=True)
     assert model.decoder.weight is model.embedding.weight

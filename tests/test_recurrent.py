@@ -308,3 +308,32 @@ def test_backward_takes_dout_of_another_dtype_and_any_layout(batch_first):
         np.testing.assert_allclose(dx, results[0][0], rtol=1e-5, atol=1e-6)
         for a, b in zip(grads, results[0][1]):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4]])
+def test_forward_into_a_callers_buffer(batch_first, lengths):
+    """``forward(x, out=buf)`` writes the output into ``buf`` and returns it, with the numbers
+    (and the zeroed padding) of a fresh output; backward is unchanged. Bad buffers are refused."""
+    rng = np.random.default_rng(4)
+    N, T, D, H = 3, 5, 4, 6
+    layer = GRU(D, H, num_layers=2, bidirectional=True, batch_first=batch_first,
+                rng=np.random.default_rng(0))
+    shape = (N, T, 2 * H) if batch_first else (T, N, 2 * H)
+    x = rng.standard_normal((N, T, D) if batch_first else (T, N, D)).astype(np.float32)
+    lens = None if lengths is None else np.array(lengths)
+    want, h_want = layer(x, lengths=lens)
+    dout = rng.standard_normal(shape).astype(np.float32)
+    dx_want, _ = layer.backward(dout)
+    buf = np.full(shape, np.nan, np.float32)
+    got, h_got = layer(x, lengths=lens, out=buf)
+    assert got is buf
+    np.testing.assert_array_equal(buf, want)
+    np.testing.assert_array_equal(h_got, h_want)
+    dx, _ = layer.backward(dout)
+    np.testing.assert_array_equal(dx, dx_want)
+    for bad, why in ((np.empty((N, T, H), np.float32), "shape"),
+                     (np.empty(shape, np.float64), "dtype"),
+                     (np.empty(shape[::-1], np.float32).T, "C-contiguous")):
+        with pytest.raises(ValueError, match=why):
+            layer(x, out=bad)

@@ -57,18 +57,25 @@ class Linear(Module):
         self._x2, self._lead = x2, lead
         return y.reshape(*lead, self.out_features)
 
-    def backward(self, dy):
+    def backward(self, dy, out=None):
         """``dy (..., out) -> dx (..., in)``; fills the gradients. Consumes the input kept by
         ``forward`` (a language model's decoder keeps the whole sequence's states, which would
-        otherwise stay alive through the recurrent layers' backward, at its memory peak)."""
+        otherwise stay alive through the recurrent layers' backward, at its memory peak).
+
+        ``out``: a buffer the caller owns, ``(..., in)`` C-contiguous, to write ``dx`` into
+        instead of a fresh array (a fresh one costs its page faults at every step). It may
+        be the input ``forward`` was given: the weight gradient has read that by then."""
         if self._x2 is None:
             raise RuntimeError("Linear.backward called before forward")
+        if out is not None:
+            self._check_out(out, (*self._lead, self.in_features))
         x2, self._x2 = self._x2, None
         dy2 = dy.reshape(-1, self.out_features)                   # (M, out)
         self.blas.matmul(dy2.T, x2, out=self._grads["weight"])    # dW = dY^T X
         if self.bias is not None:
             dy2.sum(axis=0, out=self._grads["bias"])              # db = sum_rows dY
-        return self.blas.matmul(dy2, self.weight).reshape(*self._lead, self.in_features)
+        dx = None if out is None else out.reshape(-1, self.in_features)
+        return self.blas.matmul(dy2, self.weight, out=dx).reshape(*self._lead, self.in_features)
 
 
 class Embedding(Module):

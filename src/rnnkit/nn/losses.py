@@ -44,10 +44,11 @@ class SoftmaxCrossEntropy(Module):
             raise ValueError(f"SoftmaxCrossEntropy: targets must lie in [0, {C}) or equal "
                              f"ignore_index={self.ignore_index}")
         shifted = z - z.max(axis=1, keepdims=True)                 # (M, C), max is 0
-        exp = xp.exp(shifted)
-        sumexp = exp.sum(axis=1, keepdims=True)
         rows = xp.arange(z.shape[0])
-        nll = xp.log(sumexp[:, 0]) - shifted[rows, tc]             # (M,)
+        picked = shifted[rows, tc]                                 # (M,): the targets' logits
+        exp = xp.exp(shifted, out=shifted)                         # in place: one array a call
+        sumexp = exp.sum(axis=1, keepdims=True)
+        nll = xp.log(sumexp[:, 0]) - picked                        # (M,)
         count = int(counted.sum())
         total = float((nll * counted).sum())
         exp /= sumexp                                              # softmax, reused by backward
@@ -56,6 +57,8 @@ class SoftmaxCrossEntropy(Module):
         return total / count if count else 0.0
 
     def backward(self, dloss: float = 1.0):
+        if self._cache is None:
+            raise RuntimeError("SoftmaxCrossEntropy.backward called before forward (or twice)")
         probs, tc, counted, rows, shape = self._cache
         dz = probs                                                 # owned by this call now
         self._cache = None

@@ -147,3 +147,14 @@ class Module:
         if x.dtype != self.dtype:
             raise ValueError(f"{type(self).__name__}: {name} has dtype {x.dtype}, expected "
                              f"{self.dtype} (use x.astype(np.{self.dtype}))")
+
+    def _check_out(self, out, shape, name: str = "out"):
+        """Refuse an output buffer that results could not be written into as they are: it must
+        be a writeable, C-contiguous array of the layer's device and dtype, of ``shape``."""
+        self._check_float_input(out, name)
+        if tuple(out.shape) != tuple(shape):
+            raise ValueError(f"{type(self).__name__}: {name} has shape {tuple(out.shape)}, "
+                             f"expected {tuple(shape)}")
+        if not (out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError(f"{type(self).__name__}: {name} must be a writeable C-contiguous "
+                             f"array")

@@ -10,6 +10,9 @@ whatever ``batch_first`` is, as in torch.
     dx, dh0  = rnn.backward(dout, dh_n=None)
     out, (h_n, c_n) = lstm(x, (h0, c0))             dx, (dh0, dc0) = lstm.backward(dout, (dh_n, dc_n))
 
+``forward(..., out=buf)`` writes ``out`` into ``buf``, a C-contiguous array of its shape that the
+caller owns and reuses (a language model's, between steps), instead of a fresh copy.
+
 How the loop is made fast, every part tested equal to stepping the cell by hand:
 - the input projection ``X W_ih^T`` of the whole sequence is one matrix product per layer;
 - the per-step kernels only do ``h W_hh^T`` and the elementwise work, into reused buffers;
@@ -119,9 +122,11 @@ class _Recurrent(Module):
         return N, T, states, lengths
 
     # -- forward ------------------------------------------------------------------------------
-    def _forward(self, x, state, lengths):
+    def _forward(self, x, state, lengths, y_out=None):
         xp, H, D = self.xp, self.hidden_size, self.num_directions
         N, T, states0, lengths = self._check_input(x, state, lengths)
+        if y_out is not None:
+            self._check_out(y_out, (N, T, D * H) if self.batch_first else (T, N, D * H), "out")
         if all(s is None for s in states0) and self.stateful and self._state is not None:
             if self._state[0].shape[1] != N:
                 raise ValueError(f"{type(self).__name__}: stateful layer carries a batch of "
@@ -171,8 +176,11 @@ class _Recurrent(Module):
             inv = xp.argsort(perm)
             y = y[inv] if self.batch_first else y[:, inv]                        # (a copy)
             h_n = [s[:, inv] for s in h_n]
-        else:
+        elif y_out is None:
             y = xp.array(y, order="C")       # a copy: the buffers are reused and backward reads them
+        if y_out is not None:
+            y_out[...] = y
+            y = y_out
         if lengths is not None:
             pad = np.arange(T)[None, :] >= lengths[:, None]                     # (N, T)
             y[xp.asarray(pad if self.batch_first else pad.T)] = 0
@@ -323,8 +331,8 @@ class RNN(_Recurrent):
                          bidirectional, nonlinearity=nonlinearity, **kw)
         self.nonlinearity = nonlinearity
 
-    def forward(self, x, h0=None, lengths=None):
-        y, (h_n,) = self._forward(x, [h0], lengths)
+    def forward(self, x, h0=None, lengths=None, out=None):
+        y, (h_n,) = self._forward(x, [h0], lengths, out)
         return y, h_n
 
     def backward(self, dout=None, dh_n=None):
@@ -356,9 +364,9 @@ class LSTM(_Recurrent):
 
     cell_class = LSTMCell
 
-    def forward(self, x, h0=None, lengths=None):
+    def forward(self, x, h0=None, lengths=None, out=None):
         h, c = (None, None) if h0 is None else h0
-        y, (h_n, c_n) = self._forward(x, [h, c], lengths)
+        y, (h_n, c_n) = self._forward(x, [h, c], lengths, out)
         return y, (h_n, c_n)
 
     def backward(self, dout=None, dh_n=None):
