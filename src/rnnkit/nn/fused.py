@@ -80,6 +80,32 @@ if numba is not None:
     # threaded loop over time (``timeloop.py``, ``blas="packed"``) gives each of its two threads
     # its own units. The kernels without the suffix do all ``H`` units.
 
+    # The backward kernels of the loop over time (``*_backward_cols``) also take the step's
+    # output gradient into ``dh`` and sum the bias gradients, a row at a time while the row is
+    # in cache: as passes of their own over the step, the two took 8-13 us a step and thread of
+    # an H=256 LSTM's backward (of ~105), most of it the reads of ``dout``, ``(N, T, H)`` as the
+    # language model's decoder gives it, 64 KB between two rows of a step.
+    @_jit
+    def _none(A):
+        """Stand-ins for ``dout`` and ``db`` in the kernels that do all ``H`` units (the Python
+        loop's): no output gradient to take, no sums (arrays made here: numba takes a global
+        array for a constant, which a kernel could not be compiled to write)."""
+        return np.empty((1, 1, 1), dtype=A.dtype), np.empty(0, dtype=A.dtype)
+
+    @_jit
+    def _add_row(dst, src):
+        """``dst += src`` (1-D, same length)."""
+        for j in range(dst.shape[0]):
+            dst[j] += src[j]
+
+    @_jit
+    def _sum_row(row, gates, H, j0, j1, out):
+        """``out[g H + j] += row[g H + j]`` for each gate ``g`` and unit ``j`` in ``[j0, j1)``."""
+        for g in range(gates):
+            src, dst = row[g * H + j0:g * H + j1], out[g * H + j0:g * H + j1]
+            for j in range(j1 - j0):
+                dst[j] += src[j]
+
     # -- LSTM (fused gate order i, f, o, g; i, f, o pre-scaled by 1/2) ----------------------------
     @_jit
     def lstm_forward_cols(A, R, bias, t, Sh, Sc, p, tc, b, j0, j1):
@@ -116,10 +142,12 @@ if numba is not None:
         lstm_forward_cols(A, R, bias, t, Sh, Sc, p, tc, b, 0, Sh.shape[2])
 
     @_jit
-    def lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, j0, j1):
+    def lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, j0, j1, dout, has_dout, db):
         """Gate gradients (before the nonlinearities) replace ``A[t]``; ``dc <- dc' * f``.
         ``tanh(c)`` from the step's ``c`` (``Sc[t + 1]``), as ``lstm_forward_cols`` computed
-        it (the same function of the same number: the same bits); ``tc`` is not read."""
+        it (the same function of the same number: the same bits); ``tc`` is not read.
+        ``dh`` takes the output's gradient ``dout[t]`` first when ``has_dout``, and ``db``, when
+        not empty, sums the gate gradients (see ``_add_row``, ``_sum_row``)."""
         H, W = dh.shape[1], j1 - j0
         one = A.dtype.type(1.0)
         for n in range(b):
@@ -128,6 +156,8 @@ if numba is not None:
             o, g = a[2 * H + j0:2 * H + j1], a[3 * H + j0:3 * H + j1]
             c_prev, cn = Sc[p, n, j0:j1], Sc[t + 1, n, j0:j1]
             dhn, dcn = dh[n, j0:j1], dc[n, j0:j1]
+            if has_dout:
+                _add_row(dhn, dout[t, n, j0:j1])
             for j in range(W):
                 ij, fj, oj, gj = i[j], f[j], o[j], g[j]
                 tcj, dhj = ftanh(cn[j]), dhn[j]
@@ -137,10 +167,13 @@ if numba is not None:
                 o[j] = dhj * tcj * oj * (one - oj)
                 g[j] = dcj * ij * (one - gj * gj)
                 dcn[j] = dcj * fj
+            if db.shape[0]:
+                _sum_row(a, 4, H, j0, j1, db)
 
     @_jit
     def lstm_backward(A, t, Sc, p, tc, dh, dc, b):
-        lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, 0, dh.shape[1])
+        no_dout, no_sums = _none(A)
+        lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, 0, dh.shape[1], no_dout, False, no_sums)
 
     # -- GRU (gate order r, z, n; r, z pre-scaled by 1/2) ------------------------------------------
     @_jit
@@ -170,9 +203,10 @@ if numba is not None:
         gru_forward_cols(A, R, bias, b_hn, t, Sh, p, hn, b, 0, Sh.shape[2])
 
     @_jit
-    def gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, j0, j1):
+    def gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, j0, j1, dout, has_dout, db, dbn):
         """Input-side gradients replace ``A[t]``; recurrent-side ones go to ``dHH (N, G)``, their
-        candidate part also to ``dHn[t]``; ``dh <- dh' z``."""
+        candidate part also to ``dHn[t]``; ``dh <- dh' z``. ``dout``, ``db`` as in
+        ``lstm_backward_cols``; ``dbn`` sums ``dHn`` likewise (when ``db`` is not empty)."""
         H, W = dh.shape[1], j1 - j0
         one = A.dtype.type(1.0)
         for k in range(b):
@@ -180,6 +214,8 @@ if numba is not None:
             r, z, n = a[j0:j1], a[H + j0:H + j1], a[2 * H + j0:2 * H + j1]
             hr, hz, hnn = dhh[j0:j1], dhh[H + j0:H + j1], dhh[2 * H + j0:2 * H + j1]
             h_prev, hnk, dhk, dhn = Sh[p, k, j0:j1], hn[t, k, j0:j1], dh[k, j0:j1], dHn[t, k, j0:j1]
+            if has_dout:
+                _add_row(dhk, dout[t, k, j0:j1])
             # two loops, each writing few arrays: one loop writing all seven does not vectorise
             for j in range(W):
                 rj, zj, nj = r[j], z[j], n[j]
@@ -195,10 +231,15 @@ if numba is not None:
                 dhn[j] = v
                 r[j] = hr[j]
                 z[j] = hz[j]
+            if db.shape[0]:
+                _sum_row(a, 3, H, j0, j1, db)
+                _sum_row(dhn, 1, 0, 0, W, dbn[j0:])
 
     @_jit
     def gru_backward(A, t, Sh, p, hn, dh, dHH, dHn, b):
-        gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, 0, dh.shape[1])
+        no_dout, no_sums = _none(A)
+        gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, 0, dh.shape[1], no_dout, False,
+                          no_sums, no_sums)
 
     # -- Elman RNN ------------------------------------------------------------------------------
     @_jit
@@ -222,22 +263,28 @@ if numba is not None:
         rnn_forward_cols(A, R, bias, t, Sh, b, relu, 0, Sh.shape[2])
 
     @_jit
-    def rnn_backward_cols(A, t, dh, b, relu, j0, j1):
-        """``A[t] <- dh (1 - h^2)`` (relu: ``dh [h > 0]``), where ``A[t]`` held ``h``."""
+    def rnn_backward_cols(A, t, dh, b, relu, j0, j1, dout, has_dout, db):
+        """``A[t] <- dh (1 - h^2)`` (relu: ``dh [h > 0]``), where ``A[t]`` held ``h``.
+        ``dout``, ``db`` as in ``lstm_backward_cols``."""
         W = j1 - j0
         one, zero = A.dtype.type(1.0), A.dtype.type(0.0)
         for n in range(b):
             a, dhn = A[t, n, j0:j1], dh[n, j0:j1]
+            if has_dout:
+                _add_row(dhn, dout[t, n, j0:j1])
             for j in range(W):
                 h = a[j]
                 if relu:
                     a[j] = dhn[j] if h > zero else zero
                 else:
                     a[j] = dhn[j] * (one - h * h)
+            if db.shape[0]:
+                _sum_row(a, 1, 0, 0, W, db[j0:])
 
     @_jit
     def rnn_backward(A, t, dh, b, relu):
-        rnn_backward_cols(A, t, dh, b, relu, 0, dh.shape[1])
+        no_dout, no_sums = _none(A)
+        rnn_backward_cols(A, t, dh, b, relu, 0, dh.shape[1], no_dout, False, no_sums)
 
     # -- sampling -------------------------------------------------------------------------------
     @_jit

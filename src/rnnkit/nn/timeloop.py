@@ -103,17 +103,6 @@ if _fused.available():
         return True
 
     @_jit
-    def _column_sums(X, t, b, H, gates, j0, j1, out):
-        """``out[g H + j] += sum(X[t, :b, g H + j])`` for each gate ``g`` and unit ``j`` in
-        ``[j0, j1)``."""
-        for n in range(b):
-            row = X[t, n]
-            for g in range(gates):
-                src, dst = row[g * H + j0:g * H + j1], out[g * H + j0:g * H + j1]
-                for j in range(j1 - j0):
-                    dst[j] += src[j]
-
-    @_jit
     def forward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, R, WhT, bias, b_hn,
                      Sh, Sc, cache, sizes, reverse, j0, j1, W, rows, scale):
         """Part ``part`` of one direction's forward loop, ``_Recurrent._run_direction``'s: the
@@ -178,8 +167,7 @@ if _fused.available():
         P = panels.shape[0]
         if rows.shape[0]:
             _packed.pack_rows(W, rows, j0, j1, panels)
-        sums = db.shape[0] > 0
-        if sums:
+        if db.shape[0]:
             for g in range(gates):
                 db[g * H + j0:g * H + j1] = 0
             if kind == GRU:
@@ -188,24 +176,20 @@ if _fused.available():
             t = s if reverse else T - 1 - s
             p = t + 2 if reverse else t
             b = sizes[t]
-            if has_dout:
-                for n in range(b):
-                    dh[n, j0:j1] += dout[t, n, j0:j1]
+            # the kernels take dout[t] into dh, and sum the bias gradients, a row at a time
             if kind == LSTM:
-                _fused.lstm_backward_cols(A, t, Sc, p, cache, dh, dc, b, j0, j1)
+                _fused.lstm_backward_cols(A, t, Sc, p, cache, dh, dc, b, j0, j1, dout, has_dout,
+                                          db)
             elif kind == GRU:
-                _fused.gru_backward_cols(A, t, Sh, p, cache, dh, dHH[s % 2], gbuf, b, j0, j1)
+                _fused.gru_backward_cols(A, t, Sh, p, cache, dh, dHH[s % 2], gbuf, b, j0, j1,
+                                         dout, has_dout, db, dbn)
             else:
-                _fused.rnn_backward_cols(A, t, dh, b, relu, j0, j1)
+                _fused.rnn_backward_cols(A, t, dh, b, relu, j0, j1, dout, has_dout, db)
             for n in range(b, N):                                 # padding gets no gradient
                 for g in range(gates):
                     A[t, n, g * H + j0:g * H + j1] = 0
                 if kind == GRU:
                     gbuf[t, n, j0:j1] = 0
-            if sums:
-                _column_sums(A, t, b, H, gates, j0, j1, db)
-                if kind == GRU:
-                    _column_sums(gbuf, t, b, H, 1, j0, j1, dbn)
             if not _sync(flags, part, s + 1):                     # dZ_t whole
                 return False
             if P:                                                 # dh = dZ W_hh (+ dh' z)
