@@ -118,19 +118,12 @@ class LanguageModel(Module):
             raise ValueError(f"LanguageModel: expected ids of shape (N, T), got "
                              f"{getattr(ids, 'shape', type(ids).__name__)}")
         e = self.drop_in(self.embedding(self.xp.asarray(ids)))     # (N, T, E)
-        h, _ = self.rnn(e, out=self._states(ids.shape))            # (N, T, H)
+        # the recurrent output goes into a buffer the model keeps (a fresh 2 MB a step at the
+        # H=256 benchmark's size cost ~500 page faults, ~1 ms there); it never leaves the
+        # model: the decoder reads it, and backward writes the decoder's input gradient over it
+        self._h = self._buffer("h", (*ids.shape, self.config.hidden_size))
+        h, _ = self.rnn(e, out=self._h)                            # (N, T, H)
         return self.decoder(self.drop_out(h))                      # (N, T, V)
-
-    def _states(self, shape):
-        """The model's own buffer for the recurrent layers' output ``(N, T, H)``, kept between
-        steps (a fresh 2 MB a step at the H=256 benchmark's size cost ~500 page faults, ~1 ms on
-        the machine of the benchmarks). It never leaves the model: the decoder reads it, and
-        ``backward`` writes the decoder's input gradient over it."""
-        shape = (*shape, self.config.hidden_size)
-        buf = self.__dict__.get("_h")
-        if buf is None or buf.shape != shape:
-            buf = self._h = self.xp.empty(shape, dtype=self.dtype)
-        return buf
 
     def loss(self, ids, targets) -> float:
         """Mean cross-entropy of ``targets (N, T)`` under ``forward(ids)``, in nats per token."""

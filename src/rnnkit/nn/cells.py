@@ -181,14 +181,6 @@ class _Cell(Module):
             self._perm_cache = None if order is None else self.xp.asarray(order)
         return self._perm_cache
 
-    def _scratch(self, name, shape):
-        """A buffer this cell reuses from call to call."""
-        ws = self.__dict__.setdefault("_scratch_ws", {})
-        b = ws.get(name)
-        if b is None or b.shape != shape:
-            b = ws[name] = self.xp.empty(shape, dtype=self.dtype)
-        return b
-
     def fused(self) -> "Fused":
         """Weights laid out for the kernels, from the parameters as they are now (``Fused``)."""
         return Fused(self)
@@ -216,8 +208,8 @@ class _Cell(Module):
         # product each is faster than one for each run of rows that PyTorch's order keeps
         # together, and a fresh megabyte a call costs its page faults every time)
         dW_ih, dW_hh = (g["weight_ih"], g["weight_hh"]) if order is None else (
-            self._scratch("dW_ih", g["weight_ih"].shape),
-            self._scratch("dW_hh", g["weight_hh"].shape))
+            self._buffer("dW_ih", g["weight_ih"].shape),
+            self._buffer("dW_hh", g["weight_hh"].shape))
         mm = self.blas.matmul
         mm(dZ.T, X, out=dW_ih)
         if dHn is None:

@@ -233,7 +233,7 @@ if numba is not None:
                 z[j] = hz[j]
             if db.shape[0]:
                 _sum_row(a, 3, H, j0, j1, db)
-                _sum_row(dhn, 1, 0, 0, W, dbn[j0:])
+                _add_row(dbn[j0:j1], dhn)
 
     @_jit
     def gru_backward(A, t, Sh, p, hn, dh, dHH, dHn, b):
@@ -279,7 +279,7 @@ if numba is not None:
                 else:
                     a[j] = dhn[j] * (one - h * h)
             if db.shape[0]:
-                _sum_row(a, 1, 0, 0, W, db[j0:])
+                _add_row(db[j0:j1], a)
 
     @_jit
     def rnn_backward(A, t, dh, b, relu):

@@ -37,6 +37,7 @@ class Module:
         self._params: dict[str, object] = {}
         self._grads: dict[str, object] = {}
         self._children: dict[str, Module] = {}
+        self._buffers: dict[str, object] = {}      # reused work arrays, by name (``_buffer``)
 
     # -- registration ------------------------------------------------------------------------
     def add_param(self, name: str, value):
@@ -147,6 +148,14 @@ class Module:
         if x.dtype != self.dtype:
             raise ValueError(f"{type(self).__name__}: {name} has dtype {x.dtype}, expected "
                              f"{self.dtype} (use x.astype(np.{self.dtype}))")
+
+    def _buffer(self, name: str, shape):
+        """A work array this module keeps and reuses from call to call (made again when the
+        shape changes): a fresh array at every call costs its page faults every time."""
+        b = self._buffers.get(name)
+        if b is None or b.shape != tuple(shape):
+            b = self._buffers[name] = self.xp.empty(shape, dtype=self.dtype)
+        return b
 
     def _check_out(self, out, shape, name: str = "out"):
         """Refuse an output buffer that results could not be written into as they are: it must

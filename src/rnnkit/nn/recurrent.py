@@ -77,20 +77,11 @@ class _Recurrent(Module):
                 row.append(cell)
             self.cells.append(row)
         self._state = None                    # carried final state when stateful
-        self._ws: dict = {}                   # reused buffers, by name
         self._cache = None
 
     def reset_state(self) -> None:
         """Forget the state carried between calls (``stateful=True``)."""
         self._state = None
-
-    # -- buffers ------------------------------------------------------------------------------
-    def _buf(self, name, shape):
-        """A reused buffer: the hot loop allocates nothing it can keep from the last call."""
-        b = self._ws.get(name)
-        if b is None or b.shape != shape:
-            b = self._ws[name] = self.xp.empty(shape, dtype=self.dtype)
-        return b
 
     # -- input checks -------------------------------------------------------------------------
     def _check_input(self, x, state, lengths):
@@ -149,7 +140,7 @@ class _Recurrent(Module):
         layer_in = xp.ascontiguousarray(X)
         caches, finals = [], [[] for _ in states0]
         for k, row in enumerate(self.cells):
-            out = self._buf(f"out{k}", (T, N, D * H)) if D == 2 else None
+            out = self._buffer(f"out{k}", (T, N, D * H)) if D == 2 else None
             dir_caches = []
             for d, cell in enumerate(row):
                 idx = k * D + d
@@ -196,17 +187,17 @@ class _Recurrent(Module):
         T, N, _ = x.shape
         f = cell.fused()
         G = cell.gates * H
-        A = self._buf(key + "A", (T, N, G))                                       # pre-acts -> acts
+        A = self._buffer(key + "A", (T, N, G))                                       # pre-acts -> acts
         loop = TimeLoop.for_cell(cell)
         if loop is not None:                                          # X W_ih^T, one GEMM
             loop.input_product(f, x.reshape(T * N, -1), A.reshape(T * N, G))
         else:
             cell.blas.matmul(x.reshape(T * N, -1), f.WxT, out=A.reshape(T * N, G))
-        S = [self._buf(f"{key}S{j}", (T + 2, N, H)) for j in range(cell.num_states)]
+        S = [self._buffer(f"{key}S{j}", (T + 2, N, H)) for j in range(cell.num_states)]
         first = T + 1 if reverse else 0
         for Sj, s0 in zip(S, init):
             Sj[first] = 0 if s0 is None else s0
-        cache = [self._buf(f"{key}C{j}", (T, N, H)) for j in range(cell.cache_slots)]
+        cache = [self._buffer(f"{key}C{j}", (T, N, H)) for j in range(cell.cache_slots)]
         if loop is not None:                                  # the same loop, compiled
             loop.forward(f, A, S, cache, sizes, reverse)
         else:
@@ -284,7 +275,7 @@ class _Recurrent(Module):
         d = [xp.zeros((N, H), dtype=self.dtype) if s is None else xp.array(s, dtype=self.dtype,
                                                                            order="C")
              for s in init]                                                       # (N, H) each
-        gbuf = [self._buf(f"{key}g{j}", (T, N, H)) for j in range(cell.grad_slots)]
+        gbuf = [self._buffer(f"{key}g{j}", (T, N, H)) for j in range(cell.grad_slots)]
         loop = TimeLoop.for_cell(cell)
         bias_grads = None
         if loop is not None:                                  # the same loop, compiled
