@@ -6,6 +6,11 @@ The recipe of Zaremba et al. (2014) and pytorch/examples' word_language_model: d
 embeddings, between recurrent layers and before the decoder; optional weight tying (the decoder
 reuses the embedding matrix, Press & Wolf 2017; needs ``embedding_size == hidden_size``).
 
+Where the embeddings get no dropout (none configured, or in eval) the recurrent layer is given
+the embedding matrix and the ids (``rnn(weight, ids=ids)``) and looks the rows up itself: for a
+character-level vocabulary its first layer then projects the matrix's ``V`` rows instead of
+``N T`` looked-up ones, and backward sums the gate gradients by token (``nn/recurrent.py``).
+
 The recurrent layer is stateful: its final state carries into the next batch (truncated BPTT);
 ``reset_state()`` clears it, ``get_state()`` / ``set_state()`` save and restore it (a checkpoint
 keeps it, so a resumed run continues exactly). ``Stepper`` runs the model one token at a time for
@@ -117,12 +122,20 @@ class LanguageModel(Module):
         if getattr(ids, "ndim", None) != 2:
             raise ValueError(f"LanguageModel: expected ids of shape (N, T), got "
                              f"{getattr(ids, 'shape', type(ids).__name__)}")
-        e = self.drop_in(self.embedding(self.xp.asarray(ids)))     # (N, T, E)
+        ids = self.xp.asarray(ids)
         # the recurrent output goes into a buffer the model keeps (a fresh 2 MB a step at the
         # H=256 benchmark's size cost ~500 page faults, ~1 ms there); it never leaves the
         # model: the decoder reads it, and backward writes the decoder's input gradient over it
         self._h = self._buffer("h", (*ids.shape, self.config.hidden_size))
-        h, _ = self.rnn(e, out=self._h)                            # (N, T, H)
+        # without dropout on the embeddings, the recurrent layer looks its input up itself
+        # (``forward(table, ids=)``): for a small vocabulary its first layer then projects the
+        # table's V rows rather than N T looked-up ones, and backward sums by token
+        self._lookup = not (self.drop_in.training and self.drop_in.p > 0)
+        if self._lookup:
+            h, _ = self.rnn(self.embedding.weight, ids=ids, out=self._h)   # (N, T, H)
+        else:
+            e = self.drop_in(self.embedding(ids))                  # (N, T, E)
+            h, _ = self.rnn(e, out=self._h)
         return self.decoder(self.drop_out(h))                      # (N, T, V)
 
     def loss(self, ids, targets) -> float:
@@ -133,8 +146,11 @@ class LanguageModel(Module):
         d = self.criterion.backward()                              # (N, T, V)
         d = self.decoder.backward(d, out=self._h)                  # (N, T, H), over the states
         d = self.drop_out.backward(d)
-        d, _ = self.rnn.backward(d)                                # (N, T, E)
-        self.embedding.backward(self.drop_in.backward(d))
+        d, _ = self.rnn.backward(d)                # (N, T, E), or the table's (V, E)
+        if self._lookup:
+            self.embedding.backward_table(d)
+        else:
+            self.embedding.backward(self.drop_in.backward(d))
         if self.config.tie_weights:
             self.embedding.grads[0] += self.decoder.grads[0]
 

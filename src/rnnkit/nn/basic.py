@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from .. import backend
 from .. import blas as _blas
 from .module import Module
 
@@ -113,27 +114,37 @@ class Embedding(Module):
         return self.weight[ids]                                    # (..., D)
 
     def backward(self, dy):
-        xp = self.xp
         dW = self._grads["weight"]
-        dW[...] = 0
         flat = self._ids.reshape(-1)
-        if flat.size == 0:
-            return None
-        rows = dy.reshape(flat.size, self.embedding_dim)
-        if xp is not np:                         # CuPy: an atomic scatter-add on the device
-            xp.add.at(dW, flat, rows)
-            if self.padding_idx is not None:
-                dW[self.padding_idx] = 0
-            return None
-        # scatter-add by sorting: the rows of each id summed with one reduceat (np.add.at, the
-        # obvious way, is several times slower on batches of thousands of tokens)
-        order = xp.argsort(flat, kind="stable")
-        ids = flat[order]
-        starts = xp.flatnonzero(xp.concatenate([xp.ones(1, dtype=bool), ids[1:] != ids[:-1]]))
-        dW[ids[starts]] = xp.add.reduceat(rows[order], starts, axis=0)
+        scatter_rows(dW, flat, dy.reshape(flat.size, self.embedding_dim))
         if self.padding_idx is not None:
             dW[self.padding_idx] = 0
         return None
+
+    def backward_table(self, dW):
+        """Take the gradient of the whole table, ``dW (V, D)``, from a layer that looked the
+        rows up itself (a recurrent layer's ``forward(weight, ids=ids)``, ``recurrent.py``)."""
+        self._grads["weight"][...] = dW
+        if self.padding_idx is not None:
+            self._grads["weight"][self.padding_idx] = 0
+
+
+def scatter_rows(dW, ids, rows):
+    """``dW[v] = sum of rows[i] where ids[i] == v`` (and 0 where no id is ``v``): the gradient
+    of a lookup table. ``ids (M,)`` integers, ``rows (M, D)``; ``dW (V, D)`` is overwritten."""
+    xp = backend.array_module(dW)
+    dW[...] = 0
+    if ids.size == 0:
+        return
+    if xp is not np:                             # CuPy: an atomic scatter-add on the device
+        xp.add.at(dW, ids, rows)
+        return
+    # scatter-add by sorting: the rows of each id summed with one reduceat (np.add.at, the
+    # obvious way, is several times slower on batches of thousands of tokens)
+    order = xp.argsort(ids, kind="stable")
+    ids = ids[order]
+    starts = xp.flatnonzero(xp.concatenate([xp.ones(1, dtype=bool), ids[1:] != ids[:-1]]))
+    dW[ids[starts]] = xp.add.reduceat(rows[order], starts, axis=0)
 
 
 class Dropout(Module):

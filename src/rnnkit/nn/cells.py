@@ -188,7 +188,7 @@ class _Cell(Module):
     def _recurrent_candidate_bias(self, b, b_ih, b_hh):
         return b_hh[:0]
 
-    def weight_grads(self, X, Hprev, dZ, dHn=None, bias_sums=None) -> None:
+    def weight_grads(self, X, Hprev, dZ, dHn=None, bias_sums=None, dZ_in=None) -> None:
         """Write the parameter gradients of many steps at once, in PyTorch's order.
 
         Rows are (time, batch) pairs, ``M`` of them: ``X (M, D)`` inputs, ``Hprev (M, H)``
@@ -199,7 +199,10 @@ class _Cell(Module):
 
         (for the GRU the candidate rows of ``dW_hh`` and ``db_hh`` use ``dHn`` instead).
         ``bias_sums``: ``(sum_rows dZ, sum_rows dHn or None)`` when the loop over time has summed
-        them already (the packed loop does, each step's rows while they are in cache).
+        them already (the compiled loop does, each step's rows while they are in cache).
+        ``dZ_in``: the rows to pair with ``X`` where they are not ``dZ``'s, for a looked-up input
+        (``recurrent.py``): ``X (V, D)`` the table and ``dZ_in (V, G)`` the gate gradients summed
+        by token, so ``dW_ih = dZ_in^T X``.
         """
         xp, H = self.xp, self.hidden_size
         order = self._perm
@@ -211,7 +214,7 @@ class _Cell(Module):
             self._buffer("dW_ih", g["weight_ih"].shape),
             self._buffer("dW_hh", g["weight_hh"].shape))
         mm = self.blas.matmul
-        mm(dZ.T, X, out=dW_ih)
+        mm((dZ if dZ_in is None else dZ_in).T, X, out=dW_ih)
         if dHn is None:
             mm(dZ.T, Hprev, out=dW_hh)
         else:

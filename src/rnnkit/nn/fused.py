@@ -81,16 +81,26 @@ if numba is not None:
     # its own units. The kernels without the suffix do all ``H`` units.
 
     # The backward kernels of the loop over time (``*_backward_cols``) also take the step's
-    # output gradient into ``dh`` and sum the bias gradients, a row at a time while the row is
+    # output gradient into ``dh`` and sum the gate gradients, a row at a time while the row is
     # in cache: as passes of their own over the step, the two took 8-13 us a step and thread of
     # an H=256 LSTM's backward (of ~105), most of it the reads of ``dout``, ``(N, T, H)`` as the
-    # language model's decoder gives it, 64 KB between two rows of a step.
+    # language model's decoder gives it, 64 KB between two rows of a step. The sums go to
+    # ``db (K, G)``: to its one row (the bias gradient), or, with ``keys (T, N)``, to the row of
+    # each position's token (a looked-up input, ``recurrent.py``: from those sums come the
+    # bias gradient, ``dW_ih`` and the lookup table's gradient). ``db`` with no rows: no sums.
     @_jit
     def _none(A):
-        """Stand-ins for ``dout`` and ``db`` in the kernels that do all ``H`` units (the Python
-        loop's): no output gradient to take, no sums (arrays made here: numba takes a global
-        array for a constant, which a kernel could not be compiled to write)."""
-        return np.empty((1, 1, 1), dtype=A.dtype), np.empty(0, dtype=A.dtype)
+        """Stand-ins for ``dout``, ``db``, ``dbn`` and ``keys`` in the kernels that do all ``H``
+        units (the Python loop's): no output gradient to take, no sums (arrays made here: numba
+        takes a global array for a constant, which a kernel could not be compiled to write)."""
+        return (np.empty((1, 1, 1), dtype=A.dtype), np.empty((0, 0), dtype=A.dtype),
+                np.empty(0, dtype=A.dtype), np.empty((0, 0), dtype=np.int64))
+
+    @_jit
+    def _sums_row(db, keys, t, n):
+        """The row of ``db (K, G)`` that row ``n`` of step ``t`` adds its gate gradients to:
+        ``keys[t, n]`` (a looked-up input's token, see ``recurrent.py``), or 0 without keys."""
+        return db[keys[t, n]] if keys.shape[0] else db[0]
 
     @_jit
     def _add_row(dst, src):
@@ -142,12 +152,12 @@ if numba is not None:
         lstm_forward_cols(A, R, bias, t, Sh, Sc, p, tc, b, 0, Sh.shape[2])
 
     @_jit
-    def lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, j0, j1, dout, has_dout, db):
+    def lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, j0, j1, dout, has_dout, db, keys):
         """Gate gradients (before the nonlinearities) replace ``A[t]``; ``dc <- dc' * f``.
         ``tanh(c)`` from the step's ``c`` (``Sc[t + 1]``), as ``lstm_forward_cols`` computed
         it (the same function of the same number: the same bits); ``tc`` is not read.
         ``dh`` takes the output's gradient ``dout[t]`` first when ``has_dout``, and ``db``, when
-        not empty, sums the gate gradients (see ``_add_row``, ``_sum_row``)."""
+        not empty, sums the gate gradients by ``keys`` (see ``_sums_row``)."""
         H, W = dh.shape[1], j1 - j0
         one = A.dtype.type(1.0)
         for n in range(b):
@@ -168,12 +178,13 @@ if numba is not None:
                 g[j] = dcj * ij * (one - gj * gj)
                 dcn[j] = dcj * fj
             if db.shape[0]:
-                _sum_row(a, 4, H, j0, j1, db)
+                _sum_row(a, 4, H, j0, j1, _sums_row(db, keys, t, n))
 
     @_jit
     def lstm_backward(A, t, Sc, p, tc, dh, dc, b):
-        no_dout, no_sums = _none(A)
-        lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, 0, dh.shape[1], no_dout, False, no_sums)
+        no_dout, no_sums, no_dbn, no_keys = _none(A)
+        lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, 0, dh.shape[1], no_dout, False, no_sums,
+                           no_keys)
 
     # -- GRU (gate order r, z, n; r, z pre-scaled by 1/2) ------------------------------------------
     @_jit
@@ -203,7 +214,8 @@ if numba is not None:
         gru_forward_cols(A, R, bias, b_hn, t, Sh, p, hn, b, 0, Sh.shape[2])
 
     @_jit
-    def gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, j0, j1, dout, has_dout, db, dbn):
+    def gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, j0, j1, dout, has_dout, db, dbn,
+                          keys):
         """Input-side gradients replace ``A[t]``; recurrent-side ones go to ``dHH (N, G)``, their
         candidate part also to ``dHn[t]``; ``dh <- dh' z``. ``dout``, ``db`` as in
         ``lstm_backward_cols``; ``dbn`` sums ``dHn`` likewise (when ``db`` is not empty)."""
@@ -232,14 +244,14 @@ if numba is not None:
                 r[j] = hr[j]
                 z[j] = hz[j]
             if db.shape[0]:
-                _sum_row(a, 3, H, j0, j1, db)
+                _sum_row(a, 3, H, j0, j1, _sums_row(db, keys, t, k))
                 _add_row(dbn[j0:j1], dhn)
 
     @_jit
     def gru_backward(A, t, Sh, p, hn, dh, dHH, dHn, b):
-        no_dout, no_sums = _none(A)
+        no_dout, no_sums, no_dbn, no_keys = _none(A)
         gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, 0, dh.shape[1], no_dout, False,
-                          no_sums, no_sums)
+                          no_sums, no_dbn, no_keys)
 
     # -- Elman RNN ------------------------------------------------------------------------------
     @_jit
@@ -263,7 +275,7 @@ if numba is not None:
         rnn_forward_cols(A, R, bias, t, Sh, b, relu, 0, Sh.shape[2])
 
     @_jit
-    def rnn_backward_cols(A, t, dh, b, relu, j0, j1, dout, has_dout, db):
+    def rnn_backward_cols(A, t, dh, b, relu, j0, j1, dout, has_dout, db, keys):
         """``A[t] <- dh (1 - h^2)`` (relu: ``dh [h > 0]``), where ``A[t]`` held ``h``.
         ``dout``, ``db`` as in ``lstm_backward_cols``."""
         W = j1 - j0
@@ -279,12 +291,12 @@ if numba is not None:
                 else:
                     a[j] = dhn[j] * (one - h * h)
             if db.shape[0]:
-                _add_row(db[j0:j1], a)
+                _add_row(_sums_row(db, keys, t, n)[j0:j1], a)
 
     @_jit
     def rnn_backward(A, t, dh, b, relu):
-        no_dout, no_sums = _none(A)
-        rnn_backward_cols(A, t, dh, b, relu, 0, dh.shape[1], no_dout, False, no_sums)
+        no_dout, no_sums, no_dbn, no_keys = _none(A)
+        rnn_backward_cols(A, t, dh, b, relu, 0, dh.shape[1], no_dout, False, no_sums, no_keys)
 
     # -- sampling -------------------------------------------------------------------------------
     @_jit

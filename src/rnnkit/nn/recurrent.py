@@ -13,6 +13,17 @@ whatever ``batch_first`` is, as in torch.
 ``forward(..., out=buf)`` writes ``out`` into ``buf``, a C-contiguous array of its shape that the
 caller owns and reuses (a language model's, between steps), instead of a fresh copy.
 
+A looked-up input: ``forward(table, ids=ids)`` takes as its input ``x = table[ids]``, the rows of
+``table (V, D)`` (an embedding's weight) at ``ids (N, T)``, and ``backward`` then returns the
+gradient of the table, ``(V, D)``, in place of ``dx``. Where the vocabulary is small next to the
+batch (``_folds``: a character-level language model's) the rows are never gathered. The first
+layer's input projection is a lookup, ``x_t W_ih^T = (table W_ih^T)[ids_t]``, one product of
+``V`` rows instead of ``N T``. Backward needs only ``S (V, G)``, the gate gradients summed by
+token, which the loop over time sums as it goes (as it does the bias gradient): then
+``dW_ih = S^T table``, ``d table = S W_ih`` and ``db = sum_v S_v``, and the ``N T``-row
+products ``dZ^T X`` and ``dZ W_ih`` are gone. The same numbers as gathering first, to rounding
+(tested). Elsewhere the layer gathers ``table[ids]`` itself and scatters ``dx`` back.
+
 How the loop is made fast, every part tested equal to stepping the cell by hand:
 - the input projection ``X W_ih^T`` of the whole sequence is one matrix product per layer;
 - the per-step kernels only do ``h W_hh^T`` and the elementwise work, into reused buffers;
@@ -40,10 +51,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from .basic import _rng, dropout_mask
+from .basic import _rng, dropout_mask, scatter_rows
 from .cells import GRUCell, LSTMCell, RNNCell
 from .module import Module
 from .timeloop import TimeLoop
+
+FOLD_BYTES = 1 << 20   # a looked-up input folds while its sums S (V, G) take at most this much
 
 
 class _Recurrent(Module):
@@ -84,15 +97,30 @@ class _Recurrent(Module):
         self._state = None
 
     # -- input checks -------------------------------------------------------------------------
-    def _check_input(self, x, state, lengths):
-        self._check_float_input(x)
-        if x.ndim != 3 or x.shape[2] != self.input_size:
+    def _check_input(self, x, state, lengths, ids=None):
+        name = type(self).__name__
+        self._check_float_input(x, "x" if ids is None else "table")
+        if ids is not None:                   # a looked-up input: x = table[ids]
+            if x.ndim != 2 or x.shape[1] != self.input_size:
+                raise ValueError(f"{name}: expected a table of shape (V, {self.input_size}), "
+                                 f"got {tuple(x.shape)}")
+            if getattr(ids, "ndim", None) != 2 or ids.dtype.kind not in "iu":
+                want = "(N, T)" if self.batch_first else "(T, N)"
+                raise ValueError(f"{name}: ids must be integers of shape {want}, got "
+                                 f"{getattr(ids, 'shape', type(ids).__name__)}")
+            if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= x.shape[0]):
+                raise ValueError(f"{name}: ids must lie in [0, {x.shape[0]}), got range "
+                                 f"[{int(ids.min())}, {int(ids.max())}]")
+            shape = (*ids.shape, self.input_size)
+        elif x.ndim != 3 or x.shape[2] != self.input_size:
             want = "(N, T, {})" if self.batch_first else "(T, N, {})"
-            raise ValueError(f"{type(self).__name__}: expected input of shape "
+            raise ValueError(f"{name}: expected input of shape "
                              f"{want.format(self.input_size)}, got {tuple(x.shape)}")
-        N, T = (x.shape[0], x.shape[1]) if self.batch_first else (x.shape[1], x.shape[0])
+        else:
+            shape = x.shape
+        N, T = (shape[0], shape[1]) if self.batch_first else (shape[1], shape[0])
         if T < 1 or N < 1:
-            raise ValueError(f"{type(self).__name__}: empty input of shape {tuple(x.shape)}")
+            raise ValueError(f"{name}: empty input of shape {tuple(shape)}")
         LD, H = self.num_layers * self.num_directions, self.hidden_size
         states = []
         for k, s in enumerate(state):
@@ -113,9 +141,9 @@ class _Recurrent(Module):
         return N, T, states, lengths
 
     # -- forward ------------------------------------------------------------------------------
-    def _forward(self, x, state, lengths, y_out=None):
+    def _forward(self, x, state, lengths, y_out=None, ids=None):
         xp, H, D = self.xp, self.hidden_size, self.num_directions
-        N, T, states0, lengths = self._check_input(x, state, lengths)
+        N, T, states0, lengths = self._check_input(x, state, lengths, ids)
         if y_out is not None:
             self._check_out(y_out, (N, T, D * H) if self.batch_first else (T, N, D * H), "out")
         if all(s is None for s in states0) and self.stateful and self._state is not None:
@@ -123,7 +151,10 @@ class _Recurrent(Module):
                 raise ValueError(f"{type(self).__name__}: stateful layer carries a batch of "
                                  f"{self._state[0].shape[1]} but got {N}; call reset_state()")
             states0 = list(self._state)
-        X = x.transpose(1, 0, 2) if self.batch_first else x                    # (T, N, D_in)
+        if ids is None:
+            X, keys = (x.transpose(1, 0, 2) if self.batch_first else x), None    # (T, N, D_in)
+        else:                                           # x[ids]: the ids time-major, (T, N)
+            table, keys = x, xp.asarray(ids).T if self.batch_first else xp.asarray(ids)
 
         # variable lengths: sort longest first so the active rows at each step are a prefix
         perm = None
@@ -133,11 +164,21 @@ class _Recurrent(Module):
             order = np.argsort(-lengths, kind="stable")
             if np.any(order != np.arange(N)):
                 perm = xp.asarray(order)                    # indexes arrays on the layer's device
-                X = X[:, perm]
+                if keys is None:
+                    X = X[:, perm]
+                else:
+                    keys = keys[:, perm]
                 states0 = [None if s is None else s[:, perm] for s in states0]
             sorted_len = lengths[order]
             sizes = [int(np.sum(sorted_len > t)) for t in range(T)]
-        layer_in = xp.ascontiguousarray(X)
+        fold = keys is not None and self._folds(table.shape[0], N, T)
+        if keys is None:
+            layer_in = xp.ascontiguousarray(X)
+        elif fold:                    # the first layer takes the table and the ids themselves
+            keys = xp.ascontiguousarray(keys, dtype=np.int64)
+            layer_in = table
+        else:                                                    # gathered: (T, N, D_in)
+            layer_in = xp.take(table, keys, axis=0)
         caches, finals = [], [[] for _ in states0]
         for k, row in enumerate(self.cells):
             out = self._buffer(f"out{k}", (T, N, D * H)) if D == 2 else None
@@ -145,7 +186,8 @@ class _Recurrent(Module):
             for d, cell in enumerate(row):
                 idx = k * D + d
                 init = [None if s is None else s[idx] for s in states0]
-                c = self._run_direction(cell, layer_in, init, sizes, reverse=d == 1, key=f"{k}.{d}")
+                c = self._run_direction(cell, layer_in, init, sizes, reverse=d == 1, key=f"{k}.{d}",
+                                        keys=keys if fold and k == 0 else None)
                 dir_caches.append(c)
                 S = c["S"]
                 if out is not None:
@@ -158,7 +200,8 @@ class _Recurrent(Module):
             if self.training and self.dropout > 0 and k < self.num_layers - 1:
                 mask = dropout_mask(self.rng, out.shape, self.dropout, self.dtype, xp)
                 out = out * mask
-            caches.append({"x": layer_in, "dirs": dir_caches, "mask": mask})
+            caches.append({"x": layer_in, "dirs": dir_caches, "mask": mask,
+                           "keys": keys if fold and k == 0 else None})
             layer_in = out
 
         y = layer_in.transpose(1, 0, 2) if self.batch_first else layer_in       # (N, T, D*H)
@@ -177,19 +220,34 @@ class _Recurrent(Module):
             y[xp.asarray(pad if self.batch_first else pad.T)] = 0
         if self.stateful:
             self._state = [s.copy() for s in h_n]
-        self._cache = {"caches": caches, "perm": perm, "sizes": sizes, "N": N, "T": T}
+        self._cache = {"caches": caches, "perm": perm, "sizes": sizes, "N": N, "T": T,
+                       "lookup": None if ids is None else (keys, table.shape[0], fold)}
         return y, h_n
 
-    def _run_direction(self, cell, x, init, sizes, reverse, key):
-        """Loop ``cell`` over time in one direction over ``x (T, N, D_in)``; returns what
-        backward needs."""
+    def _folds(self, V, N, T) -> bool:
+        """Whether a looked-up input of ``V`` rows over ``N T`` positions goes through the first
+        layer without being gathered (see the module's docstring): where the compiled loop over
+        time runs (it sums the gate gradients by token), the table's projection is at most a
+        quarter of the sequence's, and the sums ``(V, G)`` stay small enough to sit in cache."""
+        G = self.cells[0][0].gates * self.hidden_size
+        return (all(TimeLoop.for_cell(cell) is not None for cell in self.cells[0])
+                and 4 * V <= N * T and V * G * self.dtype.itemsize <= FOLD_BYTES)
+
+    def _run_direction(self, cell, x, init, sizes, reverse, key, keys=None):
+        """Loop ``cell`` over time in one direction over ``x (T, N, D_in)``, or over
+        ``x[keys]`` for a table ``x (V, D_in)`` and ``keys (T, N)``; returns what backward
+        needs."""
         xp, H = self.xp, self.hidden_size
-        T, N, _ = x.shape
+        T, N = x.shape[:2] if keys is None else keys.shape
         f = cell.fused()
         G = cell.gates * H
         A = self._buffer(key + "A", (T, N, G))                                       # pre-acts -> acts
         loop = TimeLoop.for_cell(cell)
-        if loop is not None:                                          # X W_ih^T, one GEMM
+        if keys is not None:                                  # (x W_ih^T)[keys], a lookup
+            P = self._buffer(key + "P", (x.shape[0], G))
+            loop.input_product(f, x, P)
+            xp.take(P, keys, axis=0, out=A, mode="clip")       # (keys checked in _check_input)
+        elif loop is not None:                                        # X W_ih^T, one GEMM
             loop.input_product(f, x.reshape(T * N, -1), A.reshape(T * N, G))
         else:
             cell.blas.matmul(x.reshape(T * N, -1), f.WxT, out=A.reshape(T * N, G))
@@ -250,7 +308,7 @@ class _Recurrent(Module):
                 idx = k * D + d
                 dout = None if dlayer is None else dlayer[:, :, d * H:(d + 1) * H]
                 init = [None if ds is None else ds[idx] for ds in dstate_n]
-                dxd, d0 = self._back_direction(dc, lc["x"], dout, init, sizes)
+                dxd, d0 = self._back_direction(dc, lc["x"], dout, init, sizes, lc["keys"])
                 if dx is None:
                     dx = dxd
                 else:
@@ -258,16 +316,26 @@ class _Recurrent(Module):
                 for j in range(len(dstate0)):
                     dstate0[j][idx] = d0[j]
             dlayer = dx
-        dx = dlayer.transpose(1, 0, 2) if self.batch_first else dlayer
         if perm is not None:
             inv = xp.argsort(perm)
-            dx = dx[inv] if self.batch_first else dx[:, inv]
             dstate0 = [s[:, inv] for s in dstate0]
+        if c["lookup"] is not None:                   # the table's gradient, (V, D_in)
+            keys, V, fold = c["lookup"]
+            if fold:
+                return dlayer, dstate0
+            dtable = xp.empty((V, self.input_size), dtype=self.dtype)
+            scatter_rows(dtable, keys.reshape(-1), dlayer.reshape(keys.size, -1))
+            return dtable, dstate0
+        dx = dlayer.transpose(1, 0, 2) if self.batch_first else dlayer
+        if perm is not None:
+            dx = dx[inv] if self.batch_first else dx[:, inv]
         return xp.ascontiguousarray(dx), dstate0
 
-    def _back_direction(self, rc, x, dout, init, sizes):
+    def _back_direction(self, rc, x, dout, init, sizes, keys=None):
         """Backpropagate one direction through time; writes its cell's parameter gradients.
-        ``x (T, N, D_in)`` the direction's input, ``dout (T, N, H)`` the gradient of its output."""
+        ``x (T, N, D_in)`` the direction's input, or the table ``x (V, D_in)`` it was looked up
+        in at ``keys (T, N)``; ``dout (T, N, H)`` the gradient of its output. Returns the
+        gradient of ``x``, and that of the initial state."""
         xp, H = self.xp, self.hidden_size
         cell, f, A, S, cache, reverse, key = (rc[k] for k in ("cell", "f", "A", "S", "cache",
                                                                "reverse", "key"))
@@ -277,9 +345,11 @@ class _Recurrent(Module):
              for s in init]                                                       # (N, H) each
         gbuf = [self._buffer(f"{key}g{j}", (T, N, H)) for j in range(cell.grad_slots)]
         loop = TimeLoop.for_cell(cell)
-        bias_grads = None
+        sums = None
         if loop is not None:                                  # the same loop, compiled
-            bias_grads = loop.backward(f, A, S, cache, d, gbuf, dout, sizes, reverse)
+            sums = loop.backward(f, A, S, cache, d, gbuf, dout, sizes, reverse, keys,
+                                 None if keys is None else self._buffer(key + "sums",
+                                                                        (x.shape[0], G)))
         else:
             tmp = cell.new_tmp(N)
             for t in (range(T) if reverse else range(T - 1, -1, -1)):
@@ -294,8 +364,16 @@ class _Recurrent(Module):
         M = T * N
         dZ = A.reshape(M, G)                                                     # A now holds dZ
         Hprev = S[0][2:T + 2] if reverse else S[0][0:T]                          # (T, N, H)
-        cell.weight_grads(x.reshape(M, -1), Hprev.reshape(M, H), dZ,
-                          gbuf[0].reshape(M, H) if gbuf else None, bias_grads)
+        dHn = gbuf[0].reshape(M, H) if gbuf else None
+        if keys is not None:        # sums[0] (V, G): dZ summed by token; dW_ih = sums^T table
+            by_token, dbn = sums
+            bias = (by_token.sum(axis=0), dbn) if cell.bias else None
+            cell.weight_grads(x, Hprev.reshape(M, H), dZ, dHn, bias, dZ_in=by_token)
+            dx = xp.empty(x.shape, dtype=self.dtype)                             # d table
+            loop.input_grad(f, by_token, dx)                                      # = sums W_ih
+            return dx, d
+        bias = None if sums is None else (sums[0][0], sums[1])
+        cell.weight_grads(x.reshape(M, -1), Hprev.reshape(M, H), dZ, dHn, bias)
         dx = xp.empty((T, N, x.shape[2]), dtype=self.dtype)                      # dX = dZ W_ih
         if loop is not None:
             loop.input_grad(f, dZ, dx.reshape(M, -1))
@@ -322,8 +400,8 @@ class RNN(_Recurrent):
                          bidirectional, nonlinearity=nonlinearity, **kw)
         self.nonlinearity = nonlinearity
 
-    def forward(self, x, h0=None, lengths=None, out=None):
-        y, (h_n,) = self._forward(x, [h0], lengths, out)
+    def forward(self, x, h0=None, lengths=None, out=None, ids=None):
+        y, (h_n,) = self._forward(x, [h0], lengths, out, ids)
         return y, h_n
 
     def backward(self, dout=None, dh_n=None):
@@ -355,9 +433,9 @@ class LSTM(_Recurrent):
 
     cell_class = LSTMCell
 
-    def forward(self, x, h0=None, lengths=None, out=None):
+    def forward(self, x, h0=None, lengths=None, out=None, ids=None):
         h, c = (None, None) if h0 is None else h0
-        y, (h_n, c_n) = self._forward(x, [h, c], lengths, out)
+        y, (h_n, c_n) = self._forward(x, [h, c], lengths, out, ids)
         return y, (h_n, c_n)
 
     def backward(self, dout=None, dh_n=None):

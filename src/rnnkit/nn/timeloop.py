@@ -146,8 +146,8 @@ if _fused.available():
 
     @_jit
     def backward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, Wh, dHH, Sh, Sc,
-                      cache, gbuf, dh, dc, dout, has_dout, sizes, reverse, j0, j1, db, dbn, W,
-                      rows):
+                      cache, gbuf, dh, dc, dout, has_dout, sizes, reverse, j0, j1, db, dbn, keys,
+                      W, rows):
         """Part ``part`` of one direction's backward loop, ``_Recurrent._back_direction``'s: the
         units ``[j0, j1)``. ``Wh (G, H)`` the unscaled recurrent weights in fused order (or
         the part's columns of them packed in ``panels``), ``dHH (2, N, G)`` scratch for the
@@ -155,10 +155,11 @@ if _fused.available():
         while another still reads this one's), ``dh, dc (N, H)`` the state gradients, in and
         out. A barrier after the kernel: ``dh_{t-1}`` needs all of ``dZ_t``.
 
-        ``db (G,)``, when not empty, sums the gate gradients ``dZ`` over every step and row (the
-        bias gradient, taken while each step's are in cache; zeroed here), and ``dbn (H,)`` the
-        GRU's ``dHn`` (that of ``b_hn``). ``W``, ``rows``, when ``rows`` is not empty: the
-        part packs its panels first, ``packed.pack_rows(W, rows, j0, j1, panels)``."""
+        ``db (K, G)``, when it has rows, sums the gate gradients ``dZ`` over every step and row
+        (taken while each step's are in cache; zeroed here): into its one row (the bias
+        gradient), or, with ``keys (T, N)``, into row ``keys[t, n]`` (``fused._sums_row``); and
+        ``dbn (H,)`` the GRU's ``dHn`` (that of ``b_hn``). ``W``, ``rows``, when ``rows`` is not
+        empty: the part packs its panels first, ``packed.pack_rows(W, rows, j0, j1, panels)``."""
         T, N, G = A.shape
         H = dh.shape[1]
         gates = G // H
@@ -169,22 +170,22 @@ if _fused.available():
             _packed.pack_rows(W, rows, j0, j1, panels)
         if db.shape[0]:
             for g in range(gates):
-                db[g * H + j0:g * H + j1] = 0
+                db[:, g * H + j0:g * H + j1] = 0
             if kind == GRU:
                 dbn[j0:j1] = 0
         for s in range(T):
             t = s if reverse else T - 1 - s
             p = t + 2 if reverse else t
             b = sizes[t]
-            # the kernels take dout[t] into dh, and sum the bias gradients, a row at a time
+            # the kernels take dout[t] into dh, and sum the gate gradients, a row at a time
             if kind == LSTM:
                 _fused.lstm_backward_cols(A, t, Sc, p, cache, dh, dc, b, j0, j1, dout, has_dout,
-                                          db)
+                                          db, keys)
             elif kind == GRU:
                 _fused.gru_backward_cols(A, t, Sh, p, cache, dh, dHH[s % 2], gbuf, b, j0, j1,
-                                         dout, has_dout, db, dbn)
+                                         dout, has_dout, db, dbn, keys)
             else:
-                _fused.rnn_backward_cols(A, t, dh, b, relu, j0, j1, dout, has_dout, db)
+                _fused.rnn_backward_cols(A, t, dh, b, relu, j0, j1, dout, has_dout, db, keys)
             for n in range(b, N):                                 # padding gets no gradient
                 for g in range(gates):
                     A[t, n, g * H + j0:g * H + j1] = 0
@@ -341,17 +342,21 @@ class TimeLoop:
             W = self.cell.weight_hh
         else:
             WhT, panels, R = f.WhT, [_NO_PANELS], [np.empty((N, G), dtype=A.dtype)]
-            W, cols = _NO_WEIGHTS, [(_NO_ROWS, _NO_SUMS)]
+            W, cols = _NO_WEIGHTS, [(_NO_ROWS, _NO_SCALE)]
         self._run(forward_loop, lambda k, flags: (
             self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags, A, R[k],
             WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k], cuts[k + 1], W, *cols[k]),
             cuts)
 
-    def backward(self, f, A, S, cache, d, gbuf, dout, sizes, reverse: bool):
+    def backward(self, f, A, S, cache, d, gbuf, dout, sizes, reverse: bool, keys=None,
+                 sums=None):
         """All steps of ``recurrent._Recurrent._back_direction`` (its arguments). Returns the
-        bias gradients that the packed loop sums as it goes, ``(db (G,), db_hn (H,) or None)``
-        in the kernels' order (what ``cells._Cell.weight_grads`` takes), or None where the loop
-        does not (no bias, or not the packed loop)."""
+        gate gradients summed as the loop goes, each step's rows while they are in cache,
+        ``(db (K, G), db_hn (H,) or None)`` in the kernels' order, or None where the cell has no
+        bias and no ``keys`` are given. Without ``keys``, ``db`` has one row, the bias gradient
+        (what ``cells._Cell.weight_grads`` takes); with ``keys (T, N)`` (integers in ``[0, K)``),
+        row ``v`` sums the rows whose key is ``v`` (the tokens of a looked-up input), into
+        ``sums (K, G)``, which the caller gives."""
         Sc = S[1] if len(S) > 1 else S[0]
         hn = cache[0] if cache else S[0]
         g = gbuf[0] if gbuf else S[0]
@@ -372,22 +377,29 @@ class TimeLoop:
         else:
             Wh, panels = f.Wh, [_NO_PANELS] * (len(cuts) - 1)
             W, order = _NO_WEIGHTS, _NO_ROWS
-        db = dbn = _NO_SUMS
-        if self.packed and self.cell.bias:
-            db = np.empty(G, dtype=A.dtype)
-            dbn = np.empty(self.cell.hidden_size, dtype=A.dtype) if self.kind == GRU else db
+        # no sums: a db without rows (and a dbn the GRU's kernel does not write)
+        db, dbn = np.empty((0, G), dtype=A.dtype), np.empty(0, dtype=A.dtype)
+        if keys is not None:
+            keys, db = np.ascontiguousarray(keys, dtype=np.int64), sums
+        else:
+            keys = _NO_KEYS
+            if self.cell.bias:
+                db = np.empty((1, G), dtype=A.dtype)
+        if db.shape[0] and self.kind == GRU:
+            dbn = np.empty(self.cell.hidden_size, dtype=A.dtype)
         self._run(backward_loop, lambda k, flags: (
             self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags, A, Wh,
             dHH, S[0], Sc, hn, g, d[0], dc, dout, has_dout, sizes, reverse, cuts[k],
-            cuts[k + 1], db, dbn, W, order), cuts)
-        if db is _NO_SUMS:
+            cuts[k + 1], db, dbn, keys, W, order), cuts)
+        if not db.shape[0]:
             return None
         return db, (dbn if self.kind == GRU else None)
 
 
 _NO_PANELS = np.empty((0, 1, _packed.NR), dtype=np.float32)   # the BLAS path: no packed weights
 _NO_WEIGHTS = np.empty((1, 1), dtype=np.float32)               # the packed path: no BLAS weights
-_NO_SUMS = np.empty(0, dtype=np.float32)                        # no bias sums in the loop
+_NO_SCALE = np.empty(0, dtype=np.float32)                       # no columns to pack
+_NO_KEYS = np.empty((0, 0), dtype=np.int64)                     # sums of dZ into one row
 _NO_ROWS = np.empty(0, dtype=np.int64)                          # no weights to pack
 
 
