@@ -6,8 +6,8 @@ take turns in blocks of steps (``common.side_by_side``) so that machine noise hi
 of medians is what to read (> 1: rnnkit is faster). rnnkit runs with its products on NumPy's
 BLAS, on its own packed kernel (``blas="packed"``, with numba) and, when ``rnnkit[mkl]`` is
 installed, on MKL too; its headline figure is what the model takes with ``blas="auto"``
-(``blas.for_model``: the packed kernel where ``W_hh`` has 3 x 2^16 entries or more, an LSTM or a
-GRU from H = 256 on, on an AVX-512 processor that is not Intel's).
+(``blas.for_model``: the packed kernel where ``W_hh`` has 2^16 entries or more, an LSTM from
+H = 128 on, a GRU from 148, an RNN from 256, on an AVX-512 processor that is not Intel's).
 
     python benchmarks/bench_train.py                     # the core issue's configurations
     python benchmarks/bench_train.py --cells lstm --hidden 512 --batch 64 --bptt 100

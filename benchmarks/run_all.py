@@ -39,6 +39,7 @@ def machine() -> dict:
             "numpy": np.__version__, "torch": torch.__version__,
             "numba": fused.available(), "blas": blas.get_blas().name,
             "blas_large_lm": blas.get_blas(blas.for_model("auto", 256, 4)).name,
+            "packed_min_weights": blas.PACKED_MIN_WEIGHTS,
             "mkl": blas.load_mkl().version() if blas.load_mkl() else "not installed",
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
@@ -95,8 +96,8 @@ def markdown(res: dict) -> str:
              f"matrix products: {m['blas']} for a layer's `auto` (MKL, "
              f"{'not installed' if m['mkl'] == 'not installed' else 'installed: ' + m['mkl']},"
              f" is taken on Intel processors only), {m.get('blas_large_lm', m['blas'])} in a "
-             f"language model whose W_hh has 3 x 2^16 entries or more (an LSTM or a GRU from "
-             f"H = 256 on). "
+             f"language model whose W_hh has {m.get('packed_min_weights', 1 << 16):,} entries or more "
+             f"(gates x H^2: an LSTM from H = 128 on, a GRU from 148, an RNN from 256). "
              f"float32 GEMM peak measured: {res['gemm_peak_gflops']:.0f} GFLOP/s."]
     for title, key, columns in TABLES:
         if not res.get(key):

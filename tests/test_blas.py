@@ -63,7 +63,7 @@ def test_auto_leaves_mkl_alone_on_other_cpus(monkeypatch):
 
 def test_a_large_model_on_avx512_with_two_cores_takes_the_packed_kernel(monkeypatch):
     """blas.for_model: auto becomes packed for float32 on the CPU, for recurrent weights of
-    3 x 2^16 entries or more (an LSTM or a GRU from H=256 on, an RNN at H=512), with numba,
+    2^16 entries or more (an LSTM from H=128 on, a GRU from H=148, an RNN from H=256), with numba,
     AVX-512 and two cores, where the processor is not Intel's (MKL's) and RNNKIT_BLAS does not
     choose; a language model asks it for all of its layers."""
     from rnnkit import packed
@@ -73,16 +73,17 @@ def test_a_large_model_on_avx512_with_two_cores_takes_the_packed_kernel(monkeypa
     monkeypatch.setattr(blas, "avx512_cpu", lambda: True)
     monkeypatch.setattr(blas, "_cores", lambda: 2)
     big = "packed" if packed.available() else "auto"
-    assert blas.for_model("auto", 256, 4) == big and blas.for_model("auto", 512, 1) == big
-    assert blas.for_model("auto", 221, 4) == "auto" and blas.for_model("auto", 256, 3) == big
-    assert blas.for_model("auto", 255, 3) == "auto" and blas.for_model("auto", 443, 1) == "auto"
+    assert blas.for_model("auto", 256, 4) == big and blas.for_model("auto", 256, 1) == big
+    assert blas.for_model("auto", 127, 4) == "auto" and blas.for_model("auto", 128, 4) == big
+    assert blas.for_model("auto", 147, 3) == "auto" and blas.for_model("auto", 148, 3) == big
+    assert blas.for_model("auto", 255, 1) == "auto" and blas.for_model("auto", 100, 1) == "auto"
     assert blas.for_model("numpy", 512) == "numpy" and blas.for_model("mkl", 512) == "mkl"
     assert blas.for_model("auto", 512, device="cuda") == "auto"
     assert blas.for_model("auto", 512, dtype=np.float64) == "auto"
     model = LanguageModel(LMConfig(vocab_size=7, hidden_size=256, embedding_size=8))
     assert {model.rnn.cells[0][0].blas.name, model.decoder.blas.name} == {
         "packed" if packed.available() else "numpy"}
-    for cell, H in (("lstm", 100), ("gru", 200), ("rnn", 256)):
+    for cell, H in (("lstm", 100), ("gru", 140), ("rnn", 200)):
         small = LanguageModel(LMConfig(vocab_size=7, cell=cell, hidden_size=H, embedding_size=8))
         assert small.rnn.cells[0][0].blas.name == small.decoder.blas.name == "numpy"
     for patch in (("avx512_cpu", lambda: False), ("_cores", lambda: 1),
