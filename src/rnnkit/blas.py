@@ -438,12 +438,12 @@ def for_model(name: str, hidden_size: int, gates: int = 4, device: str = "cpu",
     the packed kernel 1.01-1.23x as fast with an H=256 LSTM (2^18 entries), 0.96-1.35x with an
     H=256 GRU (3 x 2^16; 1.53-1.80x PyTorch's speed, where OpenBLAS gave 1.33-1.81x),
     0.97-1.31x (1.10x typical) with H=512 LSTM, GRU and RNN, and 0.66-0.99x with min-char-rnn's
-    H=100 RNN (``benchmarks/bench_minchar.py``), which stays on NumPy's BLAS. Once the
-    compiled loop summed the gate gradients on either BLAS and a language model's first layer
-    looked its input up (2026-12-03), the H=256 RNN (2^16 entries; 0.87-1.02x before) ran
-    0.98-1.38x as fast on the packed kernel over nine runs of 15 blocks (median 1.06x; its best
-    step faster in all nine), the H=128 LSTM (2^16) 0.88-1.29x (best step faster in all
-    three), GRUs of H=160-224 0.85-1.14x (best step faster in all four)."""
+    H=100 RNN (``benchmarks/bench_minchar.py``), which stays on NumPy's BLAS. Since the
+    compiled loop sums the gate gradients on either BLAS and a language model's first layer
+    looks its input up (``recurrent.py``), the H=256 RNN (2^16 entries; 0.87-1.02x before)
+    ran 0.98-1.38x as fast on the packed kernel over nine runs of 15 blocks (median 1.06x;
+    its best step faster in all nine), the H=128 LSTM (2^16) 0.88-1.29x (best step faster in
+    all three), GRUs of H=160-224 0.85-1.14x (best step faster in all four)."""
     if (name != "auto" or device != "cpu" or np.dtype(dtype) != np.float32
             or gates * hidden_size ** 2 < PACKED_MIN_WEIGHTS
             or os.environ.get("RNNKIT_BLAS", "auto") not in ("", "auto") or intel_cpu()):
