@@ -63,9 +63,12 @@ def torch_step(cell, V, E, H, L, B, T, seed=0, device="cpu"):
     return step
 
 
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
 def matmul_flops(cell, V, E, H, L, B, T) -> float:
     """Matrix-product FLOPs of one training step (forward + backward), the work a GEMM does."""
-    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell] * H
+    G = GATES[cell] * H
     M = B * T
     f = 0.0
     for k in range(L):
@@ -82,9 +85,20 @@ def performed_flops(cell, V, E, H, L, B, T, model) -> float:
     ``dW_ih`` of layer 0 take the ``V`` rows of the table, not the ``B T`` looked-up ones."""
     f = matmul_flops(cell, V, E, H, L, B, T)
     if model.rnn._folds(V, B, T):
-        G = {"lstm": 4, "gru": 3, "rnn": 1}[cell] * H
-        f -= 6 * (B * T - V) * E * G
+        f -= 6 * (B * T - V) * E * GATES[cell] * H
     return f
+
+
+def add_shares(row: dict, peak: float) -> None:
+    """The shares of the GEMM peak (``peak`` in GFLOP/s) of a ``compare`` row: rnnkit's, over the
+    counted products and over those it does, and PyTorch's. Take ``peak`` as the highest of
+    several measurements through a run (one measurement of 0.2 s can fall in a slow spell of a
+    shared machine and make every share of it look too high)."""
+    row["gemm_peak_gflops"] = peak
+    row["peak_share"] = row["rnnkit_gflops"] / peak
+    row["done_peak_share"] = row["rnnkit_done_gflops"] / peak
+    if "torch_gflops" in row:
+        row["torch_peak_share"] = row["torch_gflops"] / peak
 
 
 def gemm_peak(n=1024, reps=20) -> float:
@@ -121,8 +135,7 @@ def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_tor
             fn()
     times = timed_in_turns(fns, rounds=reps)
     med = {name: statistics.median(t) for name, t in times.items()}
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
-    auto = blas.get_blas(blas.for_model("auto", H, gates)).name    # what the model takes itself
+    auto = blas.get_blas(blas.for_model("auto", H, GATES[cell])).name    # what the model takes itself
     flops = matmul_flops(cell, V, E, H, L, B, T)
     row = {"cell": cell, "H": H, "layers": L, "B": B, "T": T, "V": V, "E": E, "blas": auto}
     for key, name in (("rnnkit", auto), ("numpy_blas", "numpy"), ("packed", "packed"),
@@ -153,9 +166,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(2)
-    # the GEMM peak before and after each cell, the highest taken: one measurement (0.2 s) can
-    # fall in a slow spell of a shared machine and make every share of it look too high
-    peaks = [gemm_peak()]
+    peaks = [gemm_peak()]                    # before and after each cell (see add_shares)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows = []
     for cell in args.cells:
@@ -165,10 +176,7 @@ def main(argv=None):
     print(f"float32 GEMM peak here: {peak / 1e9:.0f} GFLOP/s (the highest of "
           f"{', '.join(f'{p / 1e9:.0f}' for p in peaks)})")
     for r in rows:
-        r["gemm_peak_gflops"] = peak / 1e9
-        r["peak_share"] = r["rnnkit_gflops"] * 1e9 / peak
-        r["done_peak_share"] = r["rnnkit_done_gflops"] * 1e9 / peak
-        r["torch_peak_share"] = r["torch_gflops"] * 1e9 / peak
+        add_shares(r, peak / 1e9)
         print(f"{r['cell']:4s} H={r['H']} B={r['B']} T={r['T']}: rnnkit ({r['blas']}) "
               f"{r['rnnkit_tok_s']:8,.0f} tok/s "
               f"({r['rnnkit_ms']:6.1f} ms, {r['peak_share']:.0%} of peak, "

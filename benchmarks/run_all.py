@@ -8,6 +8,7 @@ not the absolute times.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -88,6 +89,14 @@ def _cell(fmt: str, row: dict) -> str:
         return "n/a"
 
 
+def _packed_from(entries: int) -> str:
+    """"N entries or more (gates x H^2: ...)": the smallest H that takes the packed kernel."""
+    first = {c: math.ceil(math.sqrt(entries / g)) for c, g in (("an LSTM", 4), ("a GRU", 3),
+                                                                ("an RNN", 1))}
+    return (f"{entries:,} entries or more (gates x H^2: "
+            + ", ".join(f"{c} from H = {h}" for c, h in first.items()) + ")")
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [f"# rnnkit benchmarks ({m['date']})", "",
@@ -96,8 +105,7 @@ def markdown(res: dict) -> str:
              f"matrix products: {m['blas']} for a layer's `auto` (MKL, "
              f"{'not installed' if m['mkl'] == 'not installed' else 'installed: ' + m['mkl']},"
              f" is taken on Intel processors only), {m.get('blas_large_lm', m['blas'])} in a "
-             f"language model whose W_hh has {m.get('packed_min_weights', 1 << 16):,} entries or more "
-             f"(gates x H^2: an LSTM from H = 128 on, a GRU from 148, an RNN from 256). "
+             f"language model whose W_hh has {_packed_from(m.get('packed_min_weights', 3 << 16))}. "
              f"float32 GEMM peak measured: {res['gemm_peak_gflops']:.0f} GFLOP/s (the highest "
              f"of {len(res.get('gemm_peak_measured', [0]))} measurements through the run)."]
     for title, key, columns in TABLES:
@@ -116,9 +124,8 @@ def main():
     torch.set_num_threads(2)
     OUT.mkdir(exist_ok=True)
     res = {"machine": machine(), "train": []}
-    # the peak is measured before and after every configuration and the highest taken: one
-    # measurement (0.2 s) can fall in a slow spell of this shared machine (105 GFLOP/s once,
-    # against 162-198 in the other runs, which made every share of it look 1.7x too high)
+    # the peak before and after every configuration, the highest taken (bench_train.add_shares;
+    # one measurement once gave 105 GFLOP/s against 162-198 in the other runs)
     peaks = [bench_train.gemm_peak() / 1e9]
     print("== training throughput")
     for cell in ("lstm", "gru", "rnn"):
@@ -130,9 +137,7 @@ def main():
     res["gemm_peak_gflops"] = peak = max(peaks)
     res["gemm_peak_measured"] = peaks
     for r in res["train"]:
-        r["peak_share"] = r["rnnkit_gflops"] / peak
-        r["done_peak_share"] = r["rnnkit_done_gflops"] / peak
-        r["torch_peak_share"] = r["torch_gflops"] / peak
+        bench_train.add_shares(r, peak)
         print(f"{r['cell']} H={r['H']}: {r['peak_share']:.0%} of the GEMM peak "
               f"({r['done_peak_share']:.0%} in products done), PyTorch {r['torch_peak_share']:.0%}")
     print("== one step's matrix product")

@@ -89,13 +89,20 @@ def test_lookup_equals_gathering_first(monkeypatch, kind, bidir, lengths, batch_
 @needs_numba
 @pytest.mark.parametrize("kind", list(LAYERS))
 @pytest.mark.parametrize("blas", ["numpy", "packed"])
-def test_folded_lookup_on_each_blas_in_float32(kind, blas):
-    """float32 on NumPy's BLAS and on the packed kernel with the loop on two threads (H=128, a
-    step large enough for ``timeloop.THREADED``), with dropout between the layers (the same
-    draws either way) and a vocabulary that leaves some rows of the table unused."""
-    want, got, folded = both_ways(kind, V=40, D=16, H=128, N=8, T=20, dtype=np.float32,
+def test_folded_lookup_on_each_blas_in_float32(monkeypatch, kind, blas):
+    """float32 on NumPy's BLAS and on the packed kernel, where the loop runs on two threads
+    (H=128, N=16: a step large enough for ``timeloop.THREADED`` for every cell; each thread
+    sums its own columns by token), with dropout between the layers (the same draws either way)
+    and a vocabulary that leaves some rows of the table unused."""
+    from rnnkit.nn import timeloop
+    monkeypatch.setattr(timeloop, "_cores", lambda: 2)
+    parts = []
+    monkeypatch.setattr(timeloop.TimeLoop, "_parts", lambda self, N, G, f=timeloop.TimeLoop._parts:
+                        parts.append(f(self, N, G)) or parts[-1])
+    want, got, folded = both_ways(kind, V=40, D=16, H=128, N=16, T=20, dtype=np.float32,
                                   num_layers=2, dropout=0.3, blas=blas)
     assert folded
+    assert all(len(p) == (3 if blas == "packed" else 2) for p in parts)    # two threads, or one
     assert_same(want, got, 2e-5)
 
 
@@ -118,16 +125,31 @@ def test_when_the_lookup_folds(monkeypatch):
     assert not LSTM(4, 256, kernels="numpy")._folds(V=65, N=32, T=64)
 
 
-def test_stateful_lookup_carries_the_state():
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_stateful_lookup_carries_the_state(kind):
+    """Chunks of one sequence, the state carried between them: outputs and gradients of each
+    chunk as on the gathered rows, and the outputs those of one long run."""
+    cls, _ = LAYERS[kind]
     rng = np.random.default_rng(2)
-    table = rng.standard_normal((6, 3))
-    ids = rng.integers(0, 6, (2, 10))
-    a = GRU(3, 5, stateful=True, rng=np.random.default_rng(0), dtype=np.float64)
-    b = GRU(3, 5, stateful=True, rng=np.random.default_rng(0), dtype=np.float64)
-    whole, _ = a(table[ids])
-    first, _ = b(table, ids=ids[:, :4])
-    second, _ = b(table, ids=ids[:, 4:])
-    np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole, atol=1e-12)
+    table = rng.standard_normal((3, 4))
+    ids = rng.integers(0, 3, (4, 12))
+    make = lambda: cls(4, 5, stateful=True, rng=np.random.default_rng(0), dtype=np.float64)  # noqa: E731
+    whole, _ = make()(table[ids])
+    a, b = make(), make()
+    outs = []
+    for chunk in (ids[:, :5], ids[:, 5:]):
+        ya, _ = a(table[chunk])
+        yb, _ = b(table, ids=chunk)
+        assert b._cache["lookup"][2] == fused.available()
+        dy = np.cos(ya)
+        dx, _ = a.backward(dy)
+        dt, _ = b.backward(dy)
+        np.testing.assert_allclose(yb, ya, atol=1e-12)
+        np.testing.assert_allclose(dt, table_gradient(chunk, dx, 3), atol=1e-12)
+        for ga, gb in zip(a.grads, b.grads):
+            np.testing.assert_allclose(gb, ga, atol=1e-12)
+        outs.append(yb)
+    np.testing.assert_allclose(np.concatenate(outs, axis=1), whole, atol=1e-12)
 
 
 def test_bad_lookups_are_refused():
@@ -138,8 +160,9 @@ def test_bad_lookups_are_refused():
             (np.zeros((5, 4), np.float32), ids, r"table of shape \(V, 3\)"),
             (np.zeros((2, 4, 3), np.float32), ids, r"table of shape \(V, 3\)"),
             (np.zeros((5, 3), np.float64), ids, "table has dtype float64"),
-            (table, ids.astype(np.float32), "ids must be integers"),
-            (table, np.zeros(4, np.int64), "ids must be integers of shape"),
+            (table, ids.astype(np.float32), "ids must be an integer array, got float32"),
+            (table, ids.tolist(), "ids must be an integer array, got list"),
+            (table, np.zeros(4, np.int64), r"ids must have shape \(N, T\), got \(4,\)"),
             (table, ids + 5, r"ids must lie in \[0, 5\)"),
             (table, ids - 1, r"ids must lie in \[0, 5\)"),
             (table, np.zeros((2, 0), np.int64), "empty input")):
@@ -159,15 +182,18 @@ def test_scatter_rows_and_the_embeddings_table_gradient():
     emb = Embedding(9, 3, padding_idx=2, dtype=np.float64)
     emb.backward_table(np.ones((9, 3)))
     assert emb.grads[0][2].sum() == 0 and emb.grads[0].sum() == 24
+    with pytest.raises(ValueError, match=r"expected a gradient of shape \(9, 3\)"):
+        emb.backward_table(np.ones(3))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_language_model_looks_up_its_input_without_embedding_dropout(cell):
+@pytest.mark.parametrize("cell,tie", [("lstm", False), ("gru", False), ("rnn", False),
+                                      ("lstm", True)])
+def test_language_model_looks_up_its_input_without_embedding_dropout(cell, tie):
     """With no dropout on the embeddings (none configured, or in eval), the model hands the
     recurrent layer the table and the ids; its loss and gradients are those of the layers
-    called one after another on the embeddings."""
-    cfg = LMConfig(vocab_size=11, cell=cell, embedding_size=6, hidden_size=8, num_layers=2,
-                   dropout=0.0, dtype="float64")
+    called one after another on the embeddings (with tied weights too)."""
+    cfg = LMConfig(vocab_size=11, cell=cell, embedding_size=8, hidden_size=8, num_layers=2,
+                   dropout=0.0, tie_weights=tie, dtype="float64")
     model = LanguageModel(cfg, rng=np.random.default_rng(0))
     twin = LanguageModel(cfg, rng=np.random.default_rng(0))
     rng = np.random.default_rng(1)
@@ -178,6 +204,9 @@ def test_language_model_looks_up_its_input_without_embedding_dropout(cell):
     h, _ = twin.rnn(twin.embedding(x))
     want = twin.criterion(twin.decoder(h), y)
     twin.embedding.backward(twin.rnn.backward(twin.decoder.backward(twin.criterion.backward()))[0])
+    if tie:
+        twin.embedding.grads[0] += twin.decoder.grads[0]
+    assert model.rnn._folds(11, 16, 12) == fused.available()
     assert abs(loss - want) < 1e-12
     for (name, _, g), g2 in zip(model.named_parameters(), twin.grads):
         np.testing.assert_allclose(g, g2, rtol=1e-9, atol=1e-12, err_msg=name)

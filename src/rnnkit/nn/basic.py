@@ -104,12 +104,7 @@ class Embedding(Module):
         self._ids = None
 
     def forward(self, ids):
-        if not hasattr(ids, "dtype") or ids.dtype.kind not in "iu":
-            raise ValueError(f"Embedding: ids must be an integer array, got "
-                             f"{getattr(ids, 'dtype', type(ids).__name__)}")
-        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
-            raise ValueError(f"Embedding: ids must lie in [0, {self.num_embeddings}), got range "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
+        check_ids(ids, self.num_embeddings, "Embedding")
         self._ids = ids
         return self.weight[ids]                                    # (..., D)
 
@@ -124,9 +119,23 @@ class Embedding(Module):
     def backward_table(self, dW):
         """Take the gradient of the whole table, ``dW (V, D)``, from a layer that looked the
         rows up itself (a recurrent layer's ``forward(weight, ids=ids)``, ``recurrent.py``)."""
+        if tuple(dW.shape) != self.weight.shape:
+            raise ValueError(f"Embedding.backward_table: expected a gradient of shape "
+                             f"{self.weight.shape}, got {tuple(dW.shape)}")
         self._grads["weight"][...] = dW
         if self.padding_idx is not None:
             self._grads["weight"][self.padding_idx] = 0
+
+
+def check_ids(ids, num_rows: int, owner: str) -> None:
+    """Refuse anything but an integer array whose entries all lie in ``[0, num_rows)``: the
+    rows of a lookup table, named in the error by ``owner``."""
+    if not hasattr(ids, "dtype") or ids.dtype.kind not in "iu":
+        raise ValueError(f"{owner}: ids must be an integer array, got "
+                         f"{getattr(ids, 'dtype', type(ids).__name__)}")
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_rows):
+        raise ValueError(f"{owner}: ids must lie in [0, {num_rows}), got range "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
 
 
 def scatter_rows(dW, ids, rows):

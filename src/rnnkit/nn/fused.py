@@ -218,7 +218,8 @@ if numba is not None:
                           keys):
         """Input-side gradients replace ``A[t]``; recurrent-side ones go to ``dHH (N, G)``, their
         candidate part also to ``dHn[t]``; ``dh <- dh' z``. ``dout``, ``db`` as in
-        ``lstm_backward_cols``; ``dbn`` sums ``dHn`` likewise (when ``db`` is not empty)."""
+        ``lstm_backward_cols``; ``dbn`` sums ``dHn`` over all rows (when ``db`` is not empty):
+        the gradient of ``b_hn``, never by key."""
         H, W = dh.shape[1], j1 - j0
         one = A.dtype.type(1.0)
         for k in range(b):

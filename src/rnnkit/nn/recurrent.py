@@ -14,8 +14,9 @@ whatever ``batch_first`` is, as in torch.
 caller owns and reuses (a language model's, between steps), instead of a fresh copy.
 
 A looked-up input: ``forward(table, ids=ids)`` takes as its input ``x = table[ids]``, the rows of
-``table (V, D)`` (an embedding's weight) at ``ids (N, T)``, and ``backward`` then returns the
-gradient of the table, ``(V, D)``, in place of ``dx``. Where the vocabulary is small next to the
+``table (V, D)`` (an embedding's weight) at ``ids (N, T)`` (``(T, N)`` when not ``batch_first``;
+every id in ``[0, V)``, padding included), and ``backward`` then returns the gradient of the
+table, ``(V, D)``, in place of ``dx``. Where the vocabulary is small next to the
 batch (``_folds``: a character-level language model's) the rows are never gathered. The first
 layer's input projection is a lookup, ``x_t W_ih^T = (table W_ih^T)[ids_t]``, one product of
 ``V`` rows instead of ``N T``. Backward needs only ``S (V, G)``, the gate gradients summed by
@@ -51,7 +52,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from .basic import _rng, dropout_mask, scatter_rows
+from .basic import _rng, check_ids, dropout_mask, scatter_rows
 from .cells import GRUCell, LSTMCell, RNNCell
 from .module import Module
 from .timeloop import TimeLoop
@@ -104,13 +105,10 @@ class _Recurrent(Module):
             if x.ndim != 2 or x.shape[1] != self.input_size:
                 raise ValueError(f"{name}: expected a table of shape (V, {self.input_size}), "
                                  f"got {tuple(x.shape)}")
-            if getattr(ids, "ndim", None) != 2 or ids.dtype.kind not in "iu":
+            check_ids(ids, x.shape[0], name)
+            if ids.ndim != 2:
                 want = "(N, T)" if self.batch_first else "(T, N)"
-                raise ValueError(f"{name}: ids must be integers of shape {want}, got "
-                                 f"{getattr(ids, 'shape', type(ids).__name__)}")
-            if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= x.shape[0]):
-                raise ValueError(f"{name}: ids must lie in [0, {x.shape[0]}), got range "
-                                 f"[{int(ids.min())}, {int(ids.max())}]")
+                raise ValueError(f"{name}: ids must have shape {want}, got {tuple(ids.shape)}")
             shape = (*ids.shape, self.input_size)
         elif x.ndim != 3 or x.shape[2] != self.input_size:
             want = "(N, T, {})" if self.batch_first else "(T, N, {})"
@@ -153,8 +151,9 @@ class _Recurrent(Module):
             states0 = list(self._state)
         if ids is None:
             X, keys = (x.transpose(1, 0, 2) if self.batch_first else x), None    # (T, N, D_in)
-        else:                                           # x[ids]: the ids time-major, (T, N)
-            table, keys = x, xp.asarray(ids).T if self.batch_first else xp.asarray(ids)
+        else:       # x[ids]: the ids time-major, (T, N), a copy the caller cannot change
+            table, ids = x, xp.asarray(ids)
+            keys = xp.array(ids.T if self.batch_first else ids, dtype=np.int64, order="C")
 
         # variable lengths: sort longest first so the active rows at each step are a prefix
         perm = None
@@ -175,7 +174,7 @@ class _Recurrent(Module):
         if keys is None:
             layer_in = xp.ascontiguousarray(X)
         elif fold:                    # the first layer takes the table and the ids themselves
-            keys = xp.ascontiguousarray(keys, dtype=np.int64)
+            keys = xp.ascontiguousarray(keys)
             layer_in = table
         else:                                                    # gathered: (T, N, D_in)
             layer_in = xp.take(table, keys, axis=0)
@@ -388,8 +387,10 @@ class RNN(_Recurrent):
     ``RNN(input_size, hidden_size, num_layers=1, bias=True, batch_first=True, dropout=0.0,
     bidirectional=False, nonlinearity='tanh', stateful=False, rng=None, dtype=float32)``
 
-    ``forward(x (N, T, D), h0 (L*dirs, N, H) = None, lengths (N,) = None)
+    ``forward(x (N, T, D), h0 (L*dirs, N, H) = None, lengths (N,) = None, out=None, ids=None)
     -> (out (N, T, dirs*H), h_n (L*dirs, N, H))``; ``backward(dout, dh_n=None) -> (dx, dh0)``.
+    With ``ids``, ``x`` is a table ``(V, D)`` looked up at them and ``dx`` its gradient ``(V, D)``
+    (see the module's docstring).
     """
 
     cell_class = RNNCell
@@ -426,9 +427,9 @@ class GRU(RNN):
 class LSTM(_Recurrent):
     """Long short-term memory (torch.nn.LSTM) over a sequence; see ``cells.LSTMCell``.
 
-    ``forward(x (N, T, D), state=(h0, c0) or None, lengths=None)
+    ``forward(x (N, T, D), state=(h0, c0) or None, lengths=None, out=None, ids=None)
     -> (out (N, T, dirs*H), (h_n, c_n))``, each state ``(L*dirs, N, H)``;
-    ``backward(dout, (dh_n, dc_n) or None) -> (dx, (dh0, dc0))``.
+    ``backward(dout, (dh_n, dc_n) or None) -> (dx, (dh0, dc0))``; ``ids`` as for ``RNN``.
     """
 
     cell_class = LSTMCell
