@@ -98,6 +98,42 @@ def test_packed_loop_equals_python_loop(monkeypatch, kind, bidir, lengths, parts
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind,H", [("lstm", 160), ("gru", 37), ("rnn_tanh", 100)])
+def test_two_parts_own_a_block_of_A_each(monkeypatch, kind, H):
+    """With two parts, each thread's units take a block of A's memory of their own, one after
+    the other, (T, N, gates W); the columns the blocks hold cover the fused gates once, each
+    block's in gate order (what the weight gradients and dX read, ``dz_parts``)."""
+    from rnnkit import packed
+    from rnnkit.nn import timeloop
+    if not packed.available():
+        pytest.skip("needs numba")
+    monkeypatch.setattr(timeloop, "THREADED", 0)
+    monkeypatch.setattr(timeloop, "MIN_UNITS", 4)
+    monkeypatch.setattr(timeloop, "_cores", lambda: 2)
+    cls, extra = LAYERS[kind]
+    cell = cls(3, H, blas="packed", **extra).cells[0][0]
+    loop = TimeLoop.for_cell(cell)
+    T, N, G = 5, 4, cell.gates * H
+    A = np.arange(T * N * G, dtype=np.float32).reshape(T, N, G)
+    cuts = loop._parts(N, G)
+    blocks = loop.blocks(A)
+    assert len(cuts) == 3 and len(blocks) == 2
+    start = 0
+    for (blk, ga, a0), j0, j1 in zip(blocks, cuts, cuts[1:]):
+        assert blk.shape == (T, N, cell.gates * (j1 - j0)) and (ga, a0) == (j1 - j0, 0)
+        assert np.shares_memory(blk, A) and blk.flags.c_contiguous and blk.flat[0] == start
+        start += blk.size
+    parts = loop.dz_parts(A)
+    cols = np.concatenate([c for _, c, _, _ in parts])
+    assert sorted(cols) == list(range(G))
+    for (d, c, j0, j1), (blk, _, _) in zip(parts, blocks):
+        assert d.shape == (T * N, len(c)) and np.shares_memory(d, blk)
+        assert list(c[:j1 - j0]) == list(range(j0, j1))         # the first gate's units first
+    monkeypatch.setattr(timeloop, "THREADED", 1 << 62)
+    (blk, ga, a0), = loop.blocks(A)                                    # one part: A itself
+    assert blk is A and (ga, a0) == (H, 0) and loop.dz_parts(A) is None
+
+
 @pytest.mark.parametrize("kind", list(LAYERS))
 def test_packed_loop_reuses_its_buffers_across_calls(monkeypatch, kind):
     """The loop is kept on the cell, and its packed weights and scratch from call to call: after

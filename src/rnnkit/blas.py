@@ -214,6 +214,17 @@ class PackedBlas:
             self.pool.run(lambda x, y, z: np.matmul(x, y, out=z), jobs)
         return out
 
+    def matmul_groups(self, groups) -> None:
+        """Two groups of products ``[(a, b, out), ...]``, each group on one of rnnkit's
+        threads, on OpenBLAS held at one thread: the weight gradients of a layer whose loop
+        left ``dZ`` in a block for each thread (``nn/timeloop.py``), each thread its own
+        block's."""
+        def run(group):
+            for a, b, out in group:
+                np.matmul(a, b, out=out)
+        with _openblas_one_thread():                 # the second group on the helper
+            self.pool.run(run, [(groups[1],), (groups[0],)])
+
 
 _ONE_THREAD = threading.Lock()
 _holders = [0, None]                 # products holding OpenBLAS at one thread; the count before

@@ -247,11 +247,11 @@ if numba is not None:
         gemm(A, panels, C, p0, p1, r0, r1, False, edge)
 
     @_jit
-    def _pack_rows_and_gemm(A, W, rows, panels, C, p0, p1, r0, r1, edge, pack):
+    def _pack_rows_and_gemm(A, W, rows, panels, C, p0, p1, r0, r1, edge, pack, accumulate):
         """One thread's share of ``matmul_rows``: pack its panels (when ``pack``), multiply."""
         if pack:
             pack_rows(W, rows, p0 * NR, min(p1 * NR, W.shape[1]), panels[p0:p1])
-        gemm(A, panels, C, p0, p1, r0, r1, False, edge)
+        gemm(A, panels, C, p0, p1, r0, r1, accumulate, edge)
 
 
 def panel_count(N: int) -> int:
@@ -399,15 +399,16 @@ def matmul_rows_t(A, W, rows, scale, out, pool: Pool, panels):
     return out
 
 
-def matmul_rows(A, W, rows, out, pool: Pool, panels):
-    """``out = A W[rows]`` (``A (M, K)``, ``rows (K,)``, ``W (R, N)``), packing ``W[rows]``
+def matmul_rows(A, W, rows, out, pool: Pool, panels, accumulate: bool = False):
+    """``out (+)= A W[rows]`` (``A (M, K)``, ``rows (K,)``, ``W (R, N)``), packing ``W[rows]``
     straight from ``W`` into ``panels`` (at least ``(panel_count(N), K, NR)``): a recurrent
-    layer's ``dX = dZ W_ih``, ``dZ`` in the kernels' gate order."""
+    layer's ``dX = dZ W_ih``, ``dZ`` in the kernels' gate order (a part of its columns at a
+    time, adding up, when ``accumulate``)."""
     M, K = A.shape
     N = W.shape[1]
     panels = panels[:panel_count(N)]
     _shared(M, K, N, panels, pool, _pack_rows_and_gemm,
-            lambda job, edge, pack: (A, W, rows, panels, out, *job, edge, pack))
+            lambda job, edge, pack: (A, W, rows, panels, out, *job, edge, pack, accumulate))
     return out
 
 

@@ -188,7 +188,8 @@ class _Cell(Module):
     def _recurrent_candidate_bias(self, b, b_ih, b_hh):
         return b_hh[:0]
 
-    def weight_grads(self, X, Hprev, dZ, dHn=None, bias_sums=None, dZ_in=None) -> None:
+    def weight_grads(self, X, Hprev, dZ, dHn=None, bias_sums=None, dZ_in=None,
+                     parts=None) -> None:
         """Write the parameter gradients of many steps at once, in PyTorch's order.
 
         Rows are (time, batch) pairs, ``M`` of them: ``X (M, D)`` inputs, ``Hprev (M, H)``
@@ -202,29 +203,58 @@ class _Cell(Module):
         them already (the compiled loop does, each step's rows while they are in cache).
         ``dZ_in``: the rows to pair with ``X`` where they are not ``dZ``'s, for a looked-up input
         (``recurrent.py``): ``X (V, D)`` the table and ``dZ_in (V, G)`` the gate gradients summed
-        by token, so ``dW_ih = dZ_in^T X``.
+        by token, so ``dW_ih = dZ_in^T X``. ``parts``: where the loop over time left ``dZ`` in
+        blocks, one for each thread's units (``timeloop.TimeLoop.blocks``), each block as
+        ``(dZ_k (M, G_k), its fused columns, j0, j1)``; the products go a block at a time.
         """
         xp, H = self.xp, self.hidden_size
         order = self._perm
         g = self._grads
-        # the LSTM's gradients come out in the fused order, into buffers the cell keeps (one
-        # product each is faster than one for each run of rows that PyTorch's order keeps
-        # together, and a fresh megabyte a call costs its page faults every time)
-        dW_ih, dW_hh = (g["weight_ih"], g["weight_hh"]) if order is None else (
+        mm = self.blas.matmul
+        if parts is None:
+            parts, rows = [(dZ, None, 0, H)], order
+        else:                         # the results' rows: each block's fused rows in turn
+            rows = np.concatenate([cols for _, cols, _, _ in parts])
+            rows = rows if order is None else order[rows]
+        # where the rows are not PyTorch's order (the LSTM's gates, or blocks) the products go to
+        # buffers the cell keeps and are put in place after (one product each is faster than one
+        # for each run of rows that PyTorch's order keeps together, and a fresh megabyte a call
+        # costs its page faults every time)
+        dW_ih, dW_hh = (g["weight_ih"], g["weight_hh"]) if rows is None else (
             self._buffer("dW_ih", g["weight_ih"].shape),
             self._buffer("dW_hh", g["weight_hh"].shape))
-        mm = self.blas.matmul
-        mm((dZ if dZ_in is None else dZ_in).T, X, out=dW_ih)
-        if dHn is None:
-            mm(dZ.T, Hprev, out=dW_hh)
+        if dZ_in is not None:                         # laid out whole: its rows are ``order``
+            if order is None:
+                mm(dZ_in.T, X, out=g["weight_ih"])
+            else:
+                mm(dZ_in.T, X, out=dW_ih)
+                g["weight_ih"][order] = dW_ih
+        groups, off = [], 0
+        for dZk, _, j0, j1 in parts:
+            Gk, group = dZk.shape[1], []
+            if dZ_in is None:
+                group.append((dZk.T, X, dW_ih[off:off + Gk]))
+            if dHn is None:
+                group.append((dZk.T, Hprev, dW_hh[off:off + Gk]))
+            else:                     # the GRU's candidate rows: from dHn, its units j0..j1
+                W = j1 - j0
+                group.append((dZk[:, :2 * W].T, Hprev, dW_hh[off:off + 2 * W]))
+                group.append((dHn[:, j0:j1].T, Hprev, dW_hh[off + 2 * W:off + Gk]))
+            groups.append(group)
+            off += Gk
+        if len(groups) == 2 and hasattr(self.blas, "matmul_groups"):
+            self.blas.matmul_groups(groups)          # each block's on the thread that made it
         else:
-            mm(dZ[:, :2 * H].T, Hprev, out=dW_hh[:2 * H])
-            mm(dHn.T, Hprev, out=dW_hh[2 * H:])
-        if order is not None:
-            g["weight_ih"][order] = dW_ih
-            g["weight_hh"][order] = dW_hh
+            for a, b, out in (job for group in groups for job in group):
+                mm(a, b, out=out)
+        if rows is not None:
+            if dZ_in is None:
+                g["weight_ih"][rows] = dW_ih
+            g["weight_hh"][rows] = dW_hh
         if self.bias:
             if bias_sums is None:
+                if len(parts) > 1:
+                    raise RuntimeError("weight_grads: dZ in blocks needs the loop's bias sums")
                 ones = xp.ones((1, dZ.shape[0]), dtype=self.dtype)
                 bias_sums = (mm(ones, dZ)[0],                      # a product: faster than .sum(0)
                              None if dHn is None else mm(ones, dHn)[0])

@@ -243,11 +243,9 @@ class _Recurrent(Module):
         A = self._buffer(key + "A", (T, N, G))                                       # pre-acts -> acts
         loop = TimeLoop.for_cell(cell)
         if keys is not None:                                  # (x W_ih^T)[keys], a lookup
-            P = self._buffer(key + "P", (x.shape[0], G))
-            loop.input_product(f, x, P)
-            xp.take(P, keys, axis=0, out=A, mode="clip")       # (keys checked in _check_input)
+            loop.input_product(f, x, A, keys, self._buffer(key + "P", (x.shape[0], G)))
         elif loop is not None:                                        # X W_ih^T, one GEMM
-            loop.input_product(f, x.reshape(T * N, -1), A.reshape(T * N, G))
+            loop.input_product(f, x.reshape(T * N, -1), A)
         else:
             cell.blas.matmul(x.reshape(T * N, -1), f.WxT, out=A.reshape(T * N, G))
         S = [self._buffer(f"{key}S{j}", (T + 2, N, H)) for j in range(cell.num_states)]
@@ -361,21 +359,23 @@ class _Recurrent(Module):
                     for g in gbuf:
                         g[t, b:] = 0
         M = T * N
-        dZ = A.reshape(M, G)                                                     # A now holds dZ
+        dZ = A.reshape(M, G)                     # A now holds dZ (in the loop's layout, parts)
+        parts = None if loop is None else loop.dz_parts(A)
         Hprev = S[0][2:T + 2] if reverse else S[0][0:T]                          # (T, N, H)
         dHn = gbuf[0].reshape(M, H) if gbuf else None
         if keys is not None:        # sums[0] (V, G): dZ summed by token; dW_ih = sums^T table
             by_token, dbn = sums
             bias = (by_token.sum(axis=0), dbn) if cell.bias else None
-            cell.weight_grads(x, Hprev.reshape(M, H), dZ, dHn, bias, dZ_in=by_token)
+            cell.weight_grads(x, Hprev.reshape(M, H), dZ, dHn, bias, dZ_in=by_token,
+                              parts=parts)
             dx = xp.empty(x.shape, dtype=self.dtype)                             # d table
             loop.input_grad(f, by_token, dx)                                      # = sums W_ih
             return dx, d
         bias = None if sums is None else (sums[0][0], sums[1])
-        cell.weight_grads(x.reshape(M, -1), Hprev.reshape(M, H), dZ, dHn, bias)
+        cell.weight_grads(x.reshape(M, -1), Hprev.reshape(M, H), dZ, dHn, bias, parts=parts)
         dx = xp.empty((T, N, x.shape[2]), dtype=self.dtype)                      # dX = dZ W_ih
         if loop is not None:
-            loop.input_grad(f, dZ, dx.reshape(M, -1))
+            loop.input_grad(f, A, dx.reshape(M, -1))
         else:
             cell.blas.matmul(dZ, f.Wx, out=dx.reshape(M, -1))
         return dx, d

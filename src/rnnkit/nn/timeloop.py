@@ -11,8 +11,10 @@ in ``tests/test_timeloop.py``.
 With ``blas="packed"`` (``rnnkit.packed``, float32), the product is rnnkit's own kernel
 instead, on ``W_hh`` packed once per call, and where a step is large enough (``THREADED``) the
 loop runs on two threads, each owning half of the hidden units: its columns of ``W_hh^T`` (half,
-512 KB at H=256, stays in its core's cache), its part of the kernel, its half of ``h_t``; one
-spin barrier a step (``_sync``, about 0.2 us) makes ``h_t`` whole before either reads it. The
+512 KB at H=256, stays in its core's cache), its part of the kernel, its half of ``h_t``, and a
+block of the gate buffer ``A`` of its own (``TimeLoop.blocks``: a step's part is one contiguous
+run there, which the processor's prefetcher follows); one spin barrier a step (``_sync``,
+about 0.2 us) makes ``h_t`` whole before either reads it. The
 backward loop mirrors it (the barrier after the kernel: ``dh_{t-1} = dZ_t W_hh`` needs every
 unit's ``dZ_t``). The H=256 LSTM layer's loops took 31 ms a training step this way against 41 ms
 on OpenBLAS (2-core AMD EPYC); see ``blas.PackedBlas`` for why the other products of such a
@@ -104,9 +106,10 @@ if _fused.available():
 
     @_jit
     def forward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, R, WhT, bias, b_hn,
-                     Sh, Sc, cache, sizes, reverse, j0, j1, W, rows, scale):
+                     Sh, Sc, cache, sizes, reverse, j0, j1, W, rows, scale, ga, a0):
         """Part ``part`` of one direction's forward loop, ``_Recurrent._run_direction``'s: the
-        hidden units ``[j0, j1)``. ``A (T, N, G)`` holds ``x W_ih^T``; ``R`` is scratch for the
+        hidden units ``[j0, j1)``. ``A`` holds ``x W_ih^T``: the whole ``(T, N, G)`` or the
+        part's own block, ``ga`` and ``a0`` saying which (``fused.py``); ``R`` is scratch for the
         step's recurrent product, ``(N, G)``, or ``(N, gates * (j1 - j0))`` (the part's units);
         states, caches and ``sizes`` (active rows a step) as there. The product is
         ``cblas_?gemm`` at ``addr`` with ``WhT (H, G)`` (all units, one part), or, when
@@ -115,8 +118,9 @@ if _fused.available():
         part failed. ``W``, ``rows``, ``scale``, when ``rows`` is not empty: the part packs
         its panels first, ``packed.pack_rows_t(W, rows, scale, panels)`` (the two parts side
         by side)."""
-        T, N, G = A.shape
+        T, N = A.shape[:2]
         H = Sh.shape[2]
+        G = R.shape[1]
         zero, one = A.dtype.type(0.0), A.dtype.type(1.0)
         P = panels.shape[0]
         if rows.shape[0]:
@@ -131,11 +135,11 @@ if _fused.available():
                 _gemm(addr, ilp64, b, G, H, one, _at(Sh, p * N * H), H, _at(WhT, 0), G, zero,
                       _at(R, 0), G)
             if kind == LSTM:
-                _fused.lstm_forward_cols(A, R, bias, t, Sh, Sc, p, cache, b, j0, j1)
+                _fused.lstm_forward_cols(A, R, bias, t, Sh, Sc, p, cache, b, j0, j1, ga, a0)
             elif kind == GRU:
-                _fused.gru_forward_cols(A, R, bias, b_hn, t, Sh, p, cache, b, j0, j1)
+                _fused.gru_forward_cols(A, R, bias, b_hn, t, Sh, p, cache, b, j0, j1, ga, a0)
             else:
-                _fused.rnn_forward_cols(A, R, bias, t, Sh, b, relu, j0, j1)
+                _fused.rnn_forward_cols(A, R, bias, t, Sh, b, relu, j0, j1, a0)
             for n in range(b, N):                                 # ended sequences: carry
                 Sh[t + 1, n, j0:j1] = Sh[p, n, j0:j1]
                 if kind == LSTM:
@@ -145,12 +149,15 @@ if _fused.available():
         return True
 
     @_jit
-    def backward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, Wh, dHH, Sh, Sc,
-                      cache, gbuf, dh, dc, dout, has_dout, sizes, reverse, j0, j1, db, dbn, keys,
-                      W, rows):
+    def backward_loop(kind, relu, addr, ilp64, panels, panels1, edge, part, flags, A, ga, a0,
+                      A0, A1, Wh, dHH, Sh, Sc, cache, gbuf, dh, dc, dout, has_dout, sizes,
+                      reverse, j0, j1, db, dbn, keys, W, rows, rows1):
         """Part ``part`` of one direction's backward loop, ``_Recurrent._back_direction``'s: the
-        units ``[j0, j1)``. ``Wh (G, H)`` the unscaled recurrent weights in fused order (or
-        the part's columns of them packed in ``panels``), ``dHH (2, N, G)`` scratch for the
+        units ``[j0, j1)``, ``A`` as in ``forward_loop``. ``Wh (G, H)`` the unscaled recurrent
+        weights in fused order (or the part's columns of them packed in ``panels``; where each
+        part has a block of its own, the LSTM's and RNN's step product ``dZ_t W_hh`` is two,
+        ``A0[t]`` by ``panels`` and ``A1[t]`` by ``panels1``, the rows of ``W_hh`` for each
+        block's columns, packed from ``rows`` and ``rows1``), ``dHH (2, N, G)`` scratch for the
         GRU's recurrent-side gate gradients, taken in turns (one part may write the next step's
         while another still reads this one's), ``dh, dc (N, H)`` the state gradients, in and
         out. A barrier after the kernel: ``dh_{t-1}`` needs all of ``dZ_t``.
@@ -160,14 +167,18 @@ if _fused.available():
         gradient), or, with ``keys (T, N)``, into row ``keys[t, n]`` (``fused._sums_row``); and
         ``dbn (H,)`` the GRU's ``dHn`` (that of ``b_hn``). ``W``, ``rows``, when ``rows`` is not
         empty: the part packs its panels first, ``packed.pack_rows(W, rows, j0, j1, panels)``."""
-        T, N, G = A.shape
+        T, N = A.shape[:2]
         H = dh.shape[1]
+        G = db.shape[1]
         gates = G // H
+        Wp = j1 - j0
         one = A.dtype.type(1.0)
         beta = one if kind == GRU else A.dtype.type(0.0)         # GRU: dh = dh' z + ...
         P = panels.shape[0]
         if rows.shape[0]:
             _packed.pack_rows(W, rows, j0, j1, panels)
+        if rows1.shape[0]:
+            _packed.pack_rows(W, rows1, j0, j1, panels1)
         if db.shape[0]:
             for g in range(gates):
                 db[:, g * H + j0:g * H + j1] = 0
@@ -179,23 +190,27 @@ if _fused.available():
             b = sizes[t]
             # the kernels take dout[t] into dh, and sum the gate gradients, a row at a time
             if kind == LSTM:
-                _fused.lstm_backward_cols(A, t, Sc, p, cache, dh, dc, b, j0, j1, dout, has_dout,
-                                          db, keys)
+                _fused.lstm_backward_cols(A, t, Sc, p, cache, dh, dc, b, j0, j1, ga, a0, dout,
+                                          has_dout, db, keys)
             elif kind == GRU:
                 _fused.gru_backward_cols(A, t, Sh, p, cache, dh, dHH[s % 2], gbuf, b, j0, j1,
-                                         dout, has_dout, db, dbn, keys)
+                                         ga, a0, dout, has_dout, db, dbn, keys)
             else:
-                _fused.rnn_backward_cols(A, t, dh, b, relu, j0, j1, dout, has_dout, db, keys)
+                _fused.rnn_backward_cols(A, t, dh, b, relu, j0, j1, a0, dout, has_dout, db, keys)
             for n in range(b, N):                                 # padding gets no gradient
                 for g in range(gates):
-                    A[t, n, g * H + j0:g * H + j1] = 0
+                    A[t, n, g * ga + a0:g * ga + a0 + Wp] = 0
                 if kind == GRU:
                     gbuf[t, n, j0:j1] = 0
             if not _sync(flags, part, s + 1):                     # dZ_t whole
                 return False
             if P:                                                 # dh = dZ W_hh (+ dh' z)
-                _packed.gemm(dHH[s % 2] if kind == GRU else A[t], panels, dh[:, j0:j1], 0, P, 0,
-                             b, kind == GRU, edge)
+                if kind == GRU:
+                    _packed.gemm(dHH[s % 2], panels, dh[:, j0:j1], 0, P, 0, b, True, edge)
+                else:
+                    _packed.gemm(A0[t], panels, dh[:, j0:j1], 0, P, 0, b, False, edge)
+                    if panels1.shape[0]:
+                        _packed.gemm(A1[t], panels1, dh[:, j0:j1], 0, P, 0, b, True, edge)
             else:
                 src = _at(dHH, (s % 2) * N * G) if kind == GRU else _at(A, t * N * G)
                 _gemm(addr, ilp64, b, H, G, one, src, G, _at(Wh, 0), H, beta, _at(dh, 0), H)
@@ -256,43 +271,126 @@ class TimeLoop:
             b = self._ws[name] = np.empty(size, dtype=np.float32)
         return b[:size].reshape(shape)
 
-    def input_product(self, f, X, out) -> None:
-        """``out (M, G) = X W_ih^T`` for ``X (M, D)``, in the kernels' gate order and scale: the
-        one product of the input projection per direction. The packed loop packs ``W_ih``
-        straight from the parameter into a buffer it keeps (no reordered, scaled copy)."""
+    def blocks(self, A):
+        """Each part's view of ``A (T, N, G)``, as ``(block, ga, a0)`` (``fused.py``): where the
+        loop runs on two threads, each owns a block of ``A``'s memory, ``(T, N, gates W)`` for
+        its ``W`` units, one after the other (a step's part is then one contiguous run, which
+        the processor's prefetcher follows: its units' four gate blocks in every row of the
+        whole buffer were 128 runs of 512 bytes a step at H=256, and the forward kernel took
+        19-31 us a step on them against 9-17 from one block); else the whole of ``A``."""
+        T, N, G = A.shape
+        cuts = self._parts(N, G)
+        H, gates = self.cell.hidden_size, self.cell.gates
+        if len(cuts) == 2:
+            return [(A, H, 0)]
+        flat, out, off = A.reshape(-1), [], 0
+        for j0, j1 in zip(cuts, cuts[1:]):
+            size = T * N * gates * (j1 - j0)
+            out.append((flat[off:off + size].reshape(T, N, gates * (j1 - j0)), j1 - j0, 0))
+            off += size
+        return out
+
+    def dz_parts(self, A):
+        """The gate gradients that backward left in ``A``, for ``cells._Cell.weight_grads``:
+        None where ``A`` is laid out whole, else each part's ``(dZ_k (T N, gates W), its
+        columns of the fused gates, j0, j1)``."""
+        T, N, G = A.shape
+        cuts = self._parts(N, G)
+        if len(cuts) == 2:
+            return None
+        _, cols = self._columns(cuts, fused_columns=True)
+        return [(blk.reshape(T * N, -1), c, j0, j1) for (blk, _, _), c, j0, j1
+                in zip(self.blocks(A), cols, cuts, cuts[1:])]
+
+    def input_product(self, f, X, A, keys=None, P=None) -> None:
+        """``A = X W_ih^T`` for ``X (T N, D)``, in the kernels' gate order and scale and in the
+        layout of ``blocks``: the one product of the input projection per direction. With
+        ``keys (T, N)``, ``X`` is a table ``(V, D)`` and ``A = (X W_ih^T)[keys]``, the product
+        going to ``P (V, G)``, scratch. The packed loop packs ``W_ih`` straight from the
+        parameter into a buffer it keeps (no reordered, scaled copy)."""
+        T, N, G = A.shape
         if not self.packed:
-            self.cell.blas.matmul(X, f.WxT, out=out)
+            if keys is None:
+                self.cell.blas.matmul(X, f.WxT, out=A.reshape(T * N, G))
+            else:
+                self.cell.blas.matmul(X, f.WxT, out=P)
+                np.take(P, keys, axis=0, out=A, mode="clip")
             return
-        (rows, scale), = self._columns([0, self.cell.hidden_size])[1]   # all units: one part
-        panels = self._buf("Wi", (_packed.panel_count(len(rows)), X.shape[1], _packed.NR))
-        _packed.matmul_rows_t(X, self.cell.weight_ih, rows, scale, out, self.cell.blas.pool,
-                              panels)
+        _, cols = self._columns(self._parts(N, G))
+        blocks, jobs, off = self.blocks(A), [], 0
+        for k, ((blk, _, _), (rows, scale)) in enumerate(zip(blocks, cols)):
+            Gk = len(rows)         # with keys: P's memory in blocks too, each looked up apart
+            out = (blk.reshape(T * N, Gk) if keys is None
+                   else P.reshape(-1)[off:off + P.shape[0] * Gk].reshape(-1, Gk))
+            jobs.append((k, rows, scale, out, blk))
+            off += P.shape[0] * Gk if keys is not None else 0
+        W = self.cell.weight_ih
+        if len(jobs) == 1:
+            (k, rows, scale, out, blk), = jobs
+            panels = self._buf("Wi", (_packed.panel_count(len(rows)), X.shape[1], _packed.NR))
+            _packed.matmul_rows_t(X, W, rows, scale, out, self.cell.blas.pool, panels)
+        else:                     # each thread its own block, packing its own part of W_ih
+            def job(k, rows, scale, out, blk):
+                P = _packed.panel_count(len(rows))
+                _packed._pack_rows_t_and_gemm(
+                    X, W, rows, scale, self._buf(f"Wi{k}", (P, X.shape[1], _packed.NR)), out,
+                    0, P, 0, X.shape[0], _edge(), True)
+            self.cell.blas.pool.run(job, jobs[1:] + jobs[:1])
+        if keys is not None:
+            for _, _, _, out, blk in jobs:
+                np.take(out, keys, axis=0, out=blk, mode="clip")
 
     def input_grad(self, f, dZ, out) -> None:
-        """``out (M, D) = dZ W_ih`` for the gate gradients ``dZ (M, G)`` (kernels' order): the
-        input's gradient, packed like ``input_product``."""
+        """``out (M, D) = dZ W_ih`` for the gate gradients in ``dZ``: ``(T, N, G)`` in the
+        layout of ``blocks``, or ``(M, G)`` laid out whole; the input's gradient, packed like
+        ``input_product`` (a part's block at a time, adding up)."""
+        G = dZ.shape[-1]
         if not self.packed:
-            self.cell.blas.matmul(dZ, f.Wx, out=out)
+            self.cell.blas.matmul(dZ.reshape(-1, G), f.Wx, out=out)
             return
-        order, _ = self._columns([0, self.cell.hidden_size])
         W = self.cell.weight_ih
-        panels = self._buf("Wi", (_packed.panel_count(W.shape[1]), len(order), _packed.NR))
-        _packed.matmul_rows(dZ, W, order, out, self.cell.blas.pool, panels)
+        blocks = [(dZ, None)] if dZ.ndim == 2 else self.blocks(dZ)
+        if len(blocks) == 1:
+            order, _ = self._columns([0, self.cell.hidden_size])
+            panels = self._buf("Wi", (_packed.panel_count(W.shape[1]), len(order), _packed.NR))
+            _packed.matmul_rows(dZ.reshape(-1, G), W, order, out, self.cell.blas.pool, panels)
+            return
+        # blocks: each thread packs its block's rows of W_ih, then each takes half of the rows
+        # of dX, adding up both blocks' products (dX is written once)
+        _, cols = self._columns(self._parts(*dZ.shape[1:]))
+        D, P = W.shape[1], _packed.panel_count(W.shape[1])
+        parts = [(blk.reshape(-1, blk.shape[2]), rows,
+                  self._buf(f"Wi{k}", (P, len(rows), _packed.NR)))
+                 for k, ((blk, _, _), (rows, _)) in enumerate(zip(blocks, cols))]
+        pool = self.cell.blas.pool
+        pool.run(lambda d, rows, panels: _packed.pack_rows(W, rows, 0, D, panels), parts[::-1])
+        M = out.shape[0]
+        h = M // 2 // _packed.MR * _packed.MR
 
-    def _columns(self, cuts):
+        def rows_of_dx(r0, r1):
+            edge = _edge()
+            for k, (d, _, panels) in enumerate(parts):
+                _packed.gemm(d, panels, out, 0, P, r0, r1, k > 0, edge)
+        pool.run(rows_of_dx, [(h, M), (0, h)])
+
+    def _columns(self, cuts, fused_columns: bool = False):
         """For each part of ``cuts``: its columns of the fused gates (each gate's units
-        ``[j0, j1)``), and for each of them the parameter's row and the scale (``cells.Fused``)."""
+        ``[j0, j1)``), and for each of them the parameter's row and the scale (``cells.Fused``):
+        ``(order, [(rows, scale) for each part])``, or with ``fused_columns`` the columns
+        themselves, ``(order, [cols for each part])``."""
         key = ("cols", tuple(cuts))
         if key not in self._ws:
             H, gates = self.cell.hidden_size, self.cell.gates
             f = self.cell.fused()
             order = np.arange(gates * H) if f.order is None else np.asarray(f.order)
-            parts = []
+            parts, columns = [], []
             for j0, j1 in zip(cuts, cuts[1:]):
                 cols = np.concatenate([np.arange(g * H + j0, g * H + j1) for g in range(gates)])
                 parts.append((order[cols], np.ascontiguousarray(f.scale[cols])))
+                columns.append(cols)
             self._ws[key] = (order, parts)
-        return self._ws[key]
+            self._ws[("fused", tuple(cuts))] = (order, columns)
+        return self._ws[("fused", tuple(cuts))] if fused_columns else self._ws[key]
 
     def _parts(self, N, G):
         """The units' bounds ``[0, ..., H]``: two parts (whole panels of 32 columns where ``H``
@@ -343,10 +441,11 @@ class TimeLoop:
         else:
             WhT, panels, R = f.WhT, [_NO_PANELS], [np.empty((N, G), dtype=A.dtype)]
             W, cols = _NO_WEIGHTS, [(_NO_ROWS, _NO_SCALE)]
+        blocks = self.blocks(A)
         self._run(forward_loop, lambda k, flags: (
-            self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags, A, R[k],
-            WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k], cuts[k + 1], W, *cols[k]),
-            cuts)
+            self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags,
+            blocks[k][0], R[k], WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k],
+            cuts[k + 1], W, *cols[k], *blocks[k][1:]), cuts)
 
     def backward(self, f, A, S, cache, d, gbuf, dout, sizes, reverse: bool, keys=None,
                  sums=None):
@@ -368,15 +467,26 @@ class TimeLoop:
             dout = np.empty((1, 1, 1), dtype=A.dtype)
         cuts = self._parts(N, G)
         sizes = np.asarray(sizes, dtype=np.int64)
+        blocks = self.blocks(A)
+        # the step's product dZ_t W_hh reads every part's dZ_t: the whole row of A (or of the
+        # GRU's dHH), or, where the parts have blocks of A, the two blocks' rows in turn, each
+        # by its own rows of W_hh (the rows0 and rows1 below)
+        A0, A1 = blocks[0][0], blocks[-1][0]
         if self.packed:               # each part's columns of W_hh, packed from the parameter
-            Wh, panels = _NO_WEIGHTS, []              # (by the part's thread, in the loop)
-            order, _ = self._columns(cuts)
+            Wh, panels, panels1 = _NO_WEIGHTS, [], []  # (by the part's thread, in the loop)
+            order, parts = self._columns(cuts)
+            rows0, rows1 = order, _NO_ROWS
+            if len(blocks) > 1 and self.kind != GRU:
+                rows0, rows1 = parts[0][0], parts[1][0]
             for k, (j0, j1) in enumerate(zip(cuts, cuts[1:])):
-                panels.append(self._buf(f"Wh{k}", (_packed.panel_count(j1 - j0), G, _packed.NR)))
+                P = _packed.panel_count(j1 - j0)
+                panels.append(self._buf(f"Wh{k}", (P, len(rows0), _packed.NR)))
+                panels1.append(self._buf(f"Wh{k}b", (P, len(rows1), _packed.NR)) if len(rows1)
+                               else _NO_PANELS)
             W = self.cell.weight_hh
         else:
-            Wh, panels = f.Wh, [_NO_PANELS] * (len(cuts) - 1)
-            W, order = _NO_WEIGHTS, _NO_ROWS
+            Wh, panels, panels1 = f.Wh, [_NO_PANELS] * (len(cuts) - 1), [_NO_PANELS] * 2
+            W, rows0, rows1 = _NO_WEIGHTS, _NO_ROWS, _NO_ROWS
         # no sums: a db without rows (and a dbn the GRU's kernel does not write)
         db, dbn = np.empty((0, G), dtype=A.dtype), np.empty(0, dtype=A.dtype)
         if keys is not None:
@@ -388,9 +498,9 @@ class TimeLoop:
         if db.shape[0] and self.kind == GRU:
             dbn = np.empty(self.cell.hidden_size, dtype=A.dtype)
         self._run(backward_loop, lambda k, flags: (
-            self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags, A, Wh,
-            dHH, S[0], Sc, hn, g, d[0], dc, dout, has_dout, sizes, reverse, cuts[k],
-            cuts[k + 1], db, dbn, keys, W, order), cuts)
+            self.kind, self.relu, self.addr, self.ilp64, panels[k], panels1[k], _edge(), k,
+            flags, *blocks[k], A0, A1, Wh, dHH, S[0], Sc, hn, g, d[0], dc, dout, has_dout,
+            sizes, reverse, cuts[k], cuts[k + 1], db, dbn, keys, W, rows0, rows1), cuts)
         if not db.shape[0]:
             return None
         return db, (dbn if self.kind == GRU else None)
