@@ -115,23 +115,50 @@ def test_two_parts_own_a_block_of_A_each(monkeypatch, kind, H):
     loop = TimeLoop.for_cell(cell)
     T, N, G = 5, 4, cell.gates * H
     A = np.arange(T * N * G, dtype=np.float32).reshape(T, N, G)
-    cuts = loop._parts(N, G)
-    blocks = loop.blocks(A)
+    cuts = loop.cuts(N, G)
+    blocks = loop.blocks(A, cuts)
     assert len(cuts) == 3 and len(blocks) == 2
     start = 0
-    for (blk, ga, a0), j0, j1 in zip(blocks, cuts, cuts[1:]):
-        assert blk.shape == (T, N, cell.gates * (j1 - j0)) and (ga, a0) == (j1 - j0, 0)
+    for blk, j0, j1 in zip(blocks, cuts, cuts[1:]):
+        assert blk.shape == (T, N, cell.gates * (j1 - j0))
         assert np.shares_memory(blk, A) and blk.flags.c_contiguous and blk.flat[0] == start
         start += blk.size
-    parts = loop.dz_parts(A)
+    parts = loop.dz_parts(A, cuts)
     cols = np.concatenate([c for _, c, _, _ in parts])
     assert sorted(cols) == list(range(G))
-    for (d, c, j0, j1), (blk, _, _) in zip(parts, blocks):
+    for (d, c, j0, j1), blk in zip(parts, blocks):
         assert d.shape == (T * N, len(c)) and np.shares_memory(d, blk)
         assert list(c[:j1 - j0]) == list(range(j0, j1))         # the first gate's units first
+    with pytest.raises(ValueError, match="C-contiguous"):
+        loop.blocks(np.asfortranarray(A), cuts)
     monkeypatch.setattr(timeloop, "THREADED", 1 << 62)
-    (blk, ga, a0), = loop.blocks(A)                                    # one part: A itself
-    assert blk is A and (ga, a0) == (H, 0) and loop.dz_parts(A) is None
+    one = loop.cuts(N, G)
+    assert loop.blocks(A, one) == [A] and loop.dz_parts(A, one) is None   # one part: A itself
+
+
+def test_backward_keeps_the_layout_forward_chose(monkeypatch):
+    """Whether the loop runs on two threads is decided once a call, from the cores the
+    process may use: backward reads A in the layout forward wrote, even if that changes in
+    between (as taskset can change it)."""
+    from rnnkit import packed
+    from rnnkit.nn import timeloop
+    if not packed.available():
+        pytest.skip("needs numba")
+    monkeypatch.setattr(timeloop, "THREADED", 0)
+    monkeypatch.setattr(timeloop, "MIN_UNITS", 4)
+    rng = np.random.default_rng(3)
+    x, dy = rng.standard_normal((4, 6, 5)).astype(np.float32), rng.standard_normal((4, 6, 160))
+    want = []
+    for cores in ((2, 2), (1, 1), (2, 1), (1, 2)):
+        layer = LSTM(5, 160, rng=np.random.default_rng(0), blas="packed")
+        monkeypatch.setattr(timeloop, "_cores", lambda: cores[0])
+        layer(x)
+        monkeypatch.setattr(timeloop, "_cores", lambda: cores[1])
+        dx, _ = layer.backward(dy.astype(np.float32))
+        got = [dx] + [g.copy() for g in layer.grads]
+        want = want or got
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", list(LAYERS))

@@ -247,11 +247,20 @@ if numba is not None:
         gemm(A, panels, C, p0, p1, r0, r1, False, edge)
 
     @_jit
-    def _pack_rows_and_gemm(A, W, rows, panels, C, p0, p1, r0, r1, edge, pack, accumulate):
+    def _pack_rows_and_gemm(A, W, rows, panels, C, p0, p1, r0, r1, edge, pack):
         """One thread's share of ``matmul_rows``: pack its panels (when ``pack``), multiply."""
         if pack:
             pack_rows(W, rows, p0 * NR, min(p1 * NR, W.shape[1]), panels[p0:p1])
-        gemm(A, panels, C, p0, p1, r0, r1, accumulate, edge)
+        gemm(A, panels, C, p0, p1, r0, r1, False, edge)
+
+    @_jit
+    def gemm_two(A0, panels0, A1, panels1, C, r0, r1, edge):
+        """``C[r0:r1] = A0[r0:r1] B0 + A1[r0:r1] B1``, ``B0``, ``B1`` packed in ``panels0``,
+        ``panels1`` (as many panels each, of ``C``'s columns): a product whose depth comes in
+        two blocks, as ``dX = dZ W_ih`` where each thread's units have a block of ``dZ``."""
+        P = panels0.shape[0]
+        gemm(A0, panels0, C, 0, P, r0, r1, False, edge)
+        gemm(A1, panels1, C, 0, P, r0, r1, True, edge)
 
 
 def panel_count(N: int) -> int:
@@ -399,16 +408,15 @@ def matmul_rows_t(A, W, rows, scale, out, pool: Pool, panels):
     return out
 
 
-def matmul_rows(A, W, rows, out, pool: Pool, panels, accumulate: bool = False):
-    """``out (+)= A W[rows]`` (``A (M, K)``, ``rows (K,)``, ``W (R, N)``), packing ``W[rows]``
+def matmul_rows(A, W, rows, out, pool: Pool, panels):
+    """``out = A W[rows]`` (``A (M, K)``, ``rows (K,)``, ``W (R, N)``), packing ``W[rows]``
     straight from ``W`` into ``panels`` (at least ``(panel_count(N), K, NR)``): a recurrent
-    layer's ``dX = dZ W_ih``, ``dZ`` in the kernels' gate order (a part of its columns at a
-    time, adding up, when ``accumulate``)."""
+    layer's ``dX = dZ W_ih``, ``dZ`` in the kernels' gate order."""
     M, K = A.shape
     N = W.shape[1]
     panels = panels[:panel_count(N)]
     _shared(M, K, N, panels, pool, _pack_rows_and_gemm,
-            lambda job, edge, pack: (A, W, rows, panels, out, *job, edge, pack, accumulate))
+            lambda job, edge, pack: (A, W, rows, panels, out, *job, edge, pack))
     return out
 
 

@@ -14,7 +14,9 @@ Internal layout (details of speed, invisible at the API):
   ``A (T, N, G)``, states ``S (T + 2, N, H)``, caches ``(T, N, H)``. Everything a step reads or
   writes is one contiguous block (``A[t]`` is ``(N, G)``), and everything the whole sequence needs
   at once is one contiguous matrix over the ``T * N`` rows: the input projection ``X W_ih^T``, the
-  weight gradients ``dZ^T X`` and ``dZ^T H_prev``, and ``dX = dZ W_ih``.
+  weight gradients ``dZ^T X`` and ``dZ^T H_prev``, and ``dX = dZ W_ih``. (Where the packed loop
+  over time runs on two threads, ``A``'s memory holds one such buffer for each thread's units,
+  ``(T, N, gates W)``, one after the other: ``timeloop.TimeLoop.blocks``.)
 - *Fused weights* made by ``fused()``. Gates that end in a sigmoid have their rows scaled by 1/2,
   because ``sigmoid(z) = (1 + tanh(z / 2)) / 2`` lets one ``tanh`` cover every gate; scaling by a
   power of two is exact in floating point. The LSTM's gates are reordered from PyTorch's

@@ -78,11 +78,10 @@ if numba is not None:
     # The ``*_cols`` kernels do only the hidden units ``[j0, j1)`` (every gate's columns for
     # them), and their ``R`` holds just those units' gates, ``W = j1 - j0`` columns a gate: the
     # threaded loop over time (``timeloop.py``, ``blas="packed"``) gives each of its two threads
-    # its own units. The kernels without the suffix do all ``H`` units. Their ``A`` is either
-    # the whole ``(T, N, G)`` buffer, gate ``g`` of unit ``j`` at column ``g H + j``, or the
-    # part's own block ``(T, N, gates W)``, at ``g W + j - j0``: ``ga`` is the gate stride of
-    # ``A``'s rows (``H`` or ``W``) and ``a0`` the part's first column in a gate (``j0`` or 0).
-    # The biases and the sums ``db`` are always laid out whole, ``g H + j``.
+    # its own units. The kernels without the suffix do all ``H`` units. Their ``A`` is the
+    # part's own block of the gate buffer, ``(T, N, gates W)``, gate ``g`` of unit ``j`` at
+    # column ``g W + j - j0`` (``timeloop.TimeLoop.blocks``; for all ``H`` units, the whole
+    # buffer, ``g H + j``); the biases and the sums ``db`` are laid out whole, ``g H + j``.
 
     # The backward kernels of the loop over time (``*_backward_cols``) also take the step's
     # output gradient into ``dh`` and sum the gate gradients, a row at a time while the row is
@@ -113,18 +112,19 @@ if numba is not None:
             dst[j] += src[j]
 
     @_jit
-    def _sum_row(row, gates, ga, a0, H, j0, j1, out):
-        """``out[g H + j] += row[g ga + a0 + j - j0]`` for each gate ``g`` and unit ``j`` in
-        ``[j0, j1)``."""
+    def _sum_row(row, gates, H, j0, j1, out):
+        """``out[g H + j] += row[g W + j - j0]`` for each gate ``g`` and unit ``j`` in
+        ``[j0, j1)``, ``W = j1 - j0``: a row of a part's block of ``A`` into sums laid out
+        whole."""
         W = j1 - j0
         for g in range(gates):
-            src, dst = row[g * ga + a0:g * ga + a0 + W], out[g * H + j0:g * H + j1]
+            src, dst = row[g * W:(g + 1) * W], out[g * H + j0:g * H + j1]
             for j in range(W):
                 dst[j] += src[j]
 
     # -- LSTM (fused gate order i, f, o, g; i, f, o pre-scaled by 1/2) ----------------------------
     @_jit
-    def lstm_forward_cols(A, R, bias, t, Sh, Sc, p, tc, b, j0, j1, ga, a0):
+    def lstm_forward_cols(A, R, bias, t, Sh, Sc, p, tc, b, j0, j1):
         """``A[t] <- acts(A[t] + R + bias)``; ``c = f c_prev + i g``; ``h = o tanh(c)``.
 
         ``tanh(c)`` is not kept (``tc`` is not written; the NumPy and CUDA kernels keep it):
@@ -138,7 +138,7 @@ if numba is not None:
         for n in range(b):
             a, r = A[t, n], R[n]
             for g in range(4):
-                ag, rg = a[g * ga + a0:g * ga + a0 + W], r[g * W:(g + 1) * W]
+                ag, rg = a[g * W:(g + 1) * W], r[g * W:(g + 1) * W]
                 bg = bias[g * H + j0:]
                 if g < 3:
                     for j in range(W):
@@ -146,8 +146,8 @@ if numba is not None:
                 else:
                     for j in range(W):
                         ag[j] = ftanh(ag[j] + rg[j] + bg[j])
-            i, f = a[a0:a0 + W], a[ga + a0:ga + a0 + W]
-            o, g = a[2 * ga + a0:2 * ga + a0 + W], a[3 * ga + a0:3 * ga + a0 + W]
+            i, f = a[:W], a[W:2 * W]
+            o, g = a[2 * W:3 * W], a[3 * W:4 * W]
             c_prev, c_out, h_out = Sc[p, n, j0:j1], Sc[t + 1, n, j0:j1], Sh[t + 1, n, j0:j1]
             for j in range(W):
                 c = f[j] * c_prev[j] + i[j] * g[j]
@@ -157,11 +157,10 @@ if numba is not None:
     @_jit
     def lstm_forward(A, R, bias, t, Sh, Sc, p, tc, b):
         H = Sh.shape[2]
-        lstm_forward_cols(A, R, bias, t, Sh, Sc, p, tc, b, 0, H, H, 0)
+        lstm_forward_cols(A, R, bias, t, Sh, Sc, p, tc, b, 0, H)
 
     @_jit
-    def lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, j0, j1, ga, a0, dout, has_dout, db,
-                           keys):
+    def lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, j0, j1, dout, has_dout, db, keys):
         """Gate gradients (before the nonlinearities) replace ``A[t]``; ``dc <- dc' * f``.
         ``tanh(c)`` from the step's ``c`` (``Sc[t + 1]``), as ``lstm_forward_cols`` computed
         it (the same function of the same number: the same bits); ``tc`` is not read.
@@ -171,8 +170,8 @@ if numba is not None:
         one = A.dtype.type(1.0)
         for n in range(b):
             a = A[t, n]
-            i, f = a[a0:a0 + W], a[ga + a0:ga + a0 + W]
-            o, g = a[2 * ga + a0:2 * ga + a0 + W], a[3 * ga + a0:3 * ga + a0 + W]
+            i, f = a[:W], a[W:2 * W]
+            o, g = a[2 * W:3 * W], a[3 * W:4 * W]
             c_prev, cn = Sc[p, n, j0:j1], Sc[t + 1, n, j0:j1]
             dhn, dcn = dh[n, j0:j1], dc[n, j0:j1]
             if has_dout:
@@ -187,18 +186,18 @@ if numba is not None:
                 g[j] = dcj * ij * (one - gj * gj)
                 dcn[j] = dcj * fj
             if db.shape[0]:
-                _sum_row(a, 4, ga, a0, H, j0, j1, _sums_row(db, keys, t, n))
+                _sum_row(a, 4, H, j0, j1, _sums_row(db, keys, t, n))
 
     @_jit
     def lstm_backward(A, t, Sc, p, tc, dh, dc, b):
         no_dout, no_sums, no_dbn, no_keys = _none(A)
         H = dh.shape[1]
-        lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, 0, H, H, 0, no_dout, False, no_sums,
+        lstm_backward_cols(A, t, Sc, p, tc, dh, dc, b, 0, H, no_dout, False, no_sums,
                            no_keys)
 
     # -- GRU (gate order r, z, n; r, z pre-scaled by 1/2) ------------------------------------------
     @_jit
-    def gru_forward_cols(A, R, bias, b_hn, t, Sh, p, hn, b, j0, j1, ga, a0):
+    def gru_forward_cols(A, R, bias, b_hn, t, Sh, p, hn, b, j0, j1):
         """``r, z = sigmoid(A + R + bias)``; ``hn = R_n + b_hn``; ``n = tanh(A_n + bias_n + r hn)``;
         ``h = n + z (h_prev - n)``; activations back into ``A[t]``."""
         H, W = Sh.shape[2], j1 - j0
@@ -206,12 +205,12 @@ if numba is not None:
         for k in range(b):
             a, rr = A[t, k], R[k]
             for g in range(2):
-                ag, rg = a[g * ga + a0:g * ga + a0 + W], rr[g * W:(g + 1) * W]
+                ag, rg = a[g * W:(g + 1) * W], rr[g * W:(g + 1) * W]
                 bg = bias[g * H + j0:]
                 for j in range(W):
                     ag[j] = half * ftanh(ag[j] + rg[j] + bg[j]) + half
-            r, z = a[a0:a0 + W], a[ga + a0:ga + a0 + W]
-            n = a[2 * ga + a0:2 * ga + a0 + W]
+            r, z = a[:W], a[W:2 * W]
+            n = a[2 * W:3 * W]
             rn, bn, bhn, hn_out = rr[2 * W:3 * W], bias[2 * H + j0:], b_hn[j0:], hn[t, k, j0:j1]
             for j in range(W):
                 hnj = rn[j] + bhn[j]
@@ -224,11 +223,11 @@ if numba is not None:
     @_jit
     def gru_forward(A, R, bias, b_hn, t, Sh, p, hn, b):
         H = Sh.shape[2]
-        gru_forward_cols(A, R, bias, b_hn, t, Sh, p, hn, b, 0, H, H, 0)
+        gru_forward_cols(A, R, bias, b_hn, t, Sh, p, hn, b, 0, H)
 
     @_jit
-    def gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, j0, j1, ga, a0, dout, has_dout, db,
-                          dbn, keys):
+    def gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, j0, j1, dout, has_dout, db, dbn,
+                          keys):
         """Input-side gradients replace ``A[t]``; recurrent-side ones go to ``dHH (N, G)``, their
         candidate part also to ``dHn[t]``; ``dh <- dh' z``. ``dout``, ``db`` as in
         ``lstm_backward_cols``; ``dbn`` sums ``dHn`` over all rows (when ``db`` is not empty):
@@ -237,8 +236,8 @@ if numba is not None:
         one = A.dtype.type(1.0)
         for k in range(b):
             a, dhh = A[t, k], dHH[k]
-            r, z = a[a0:a0 + W], a[ga + a0:ga + a0 + W]
-            n = a[2 * ga + a0:2 * ga + a0 + W]
+            r, z = a[:W], a[W:2 * W]
+            n = a[2 * W:3 * W]
             hr, hz, hnn = dhh[j0:j1], dhh[H + j0:H + j1], dhh[2 * H + j0:2 * H + j1]
             h_prev, hnk, dhk, dhn = Sh[p, k, j0:j1], hn[t, k, j0:j1], dh[k, j0:j1], dHn[t, k, j0:j1]
             if has_dout:
@@ -259,24 +258,24 @@ if numba is not None:
                 r[j] = hr[j]
                 z[j] = hz[j]
             if db.shape[0]:
-                _sum_row(a, 3, ga, a0, H, j0, j1, _sums_row(db, keys, t, k))
+                _sum_row(a, 3, H, j0, j1, _sums_row(db, keys, t, k))
                 _add_row(dbn[j0:j1], dhn)
 
     @_jit
     def gru_backward(A, t, Sh, p, hn, dh, dHH, dHn, b):
         no_dout, no_sums, no_dbn, no_keys = _none(A)
         H = dh.shape[1]
-        gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, 0, H, H, 0, no_dout, False,
+        gru_backward_cols(A, t, Sh, p, hn, dh, dHH, dHn, b, 0, H, no_dout, False,
                           no_sums, no_dbn, no_keys)
 
     # -- Elman RNN ------------------------------------------------------------------------------
     @_jit
-    def rnn_forward_cols(A, R, bias, t, Sh, b, relu, j0, j1, a0):
+    def rnn_forward_cols(A, R, bias, t, Sh, b, relu, j0, j1):
         """``h = tanh(A[t] + R + bias)`` (or relu) into ``Sh[t + 1]``, kept in ``A[t]`` too."""
         W = j1 - j0
         zero = A.dtype.type(0.0)
         for n in range(b):
-            a, r, bb, h_out = A[t, n, a0:a0 + W], R[n], bias[j0:], Sh[t + 1, n, j0:j1]
+            a, r, bb, h_out = A[t, n], R[n], bias[j0:], Sh[t + 1, n, j0:j1]
             for j in range(W):
                 v = a[j] + r[j] + bb[j]
                 if relu:
@@ -288,16 +287,16 @@ if numba is not None:
 
     @_jit
     def rnn_forward(A, R, bias, t, Sh, b, relu):
-        rnn_forward_cols(A, R, bias, t, Sh, b, relu, 0, Sh.shape[2], 0)
+        rnn_forward_cols(A, R, bias, t, Sh, b, relu, 0, Sh.shape[2])
 
     @_jit
-    def rnn_backward_cols(A, t, dh, b, relu, j0, j1, a0, dout, has_dout, db, keys):
+    def rnn_backward_cols(A, t, dh, b, relu, j0, j1, dout, has_dout, db, keys):
         """``A[t] <- dh (1 - h^2)`` (relu: ``dh [h > 0]``), where ``A[t]`` held ``h``.
         ``dout``, ``db`` as in ``lstm_backward_cols``."""
         W = j1 - j0
         one, zero = A.dtype.type(1.0), A.dtype.type(0.0)
         for n in range(b):
-            a, dhn = A[t, n, a0:a0 + W], dh[n, j0:j1]
+            a, dhn = A[t, n], dh[n, j0:j1]
             if has_dout:
                 _add_row(dhn, dout[t, n, j0:j1])
             for j in range(W):
@@ -312,8 +311,7 @@ if numba is not None:
     @_jit
     def rnn_backward(A, t, dh, b, relu):
         no_dout, no_sums, no_dbn, no_keys = _none(A)
-        rnn_backward_cols(A, t, dh, b, relu, 0, dh.shape[1], 0, no_dout, False, no_sums,
-                          no_keys)
+        rnn_backward_cols(A, t, dh, b, relu, 0, dh.shape[1], no_dout, False, no_sums, no_keys)
 
     # -- sampling -------------------------------------------------------------------------------
     @_jit

@@ -33,7 +33,8 @@ How the loop is made fast, every part tested equal to stepping the cell by hand:
 - the matrix products go to ``rnnkit.blas``: NumPy's ``matmul``, MKL's GEMM when it is
   installed, or rnnkit's packed kernel, whose loop over time runs on two threads (the ``blas``
   argument, passed on to the cells, says which);
-- the weight gradients of all steps are one matrix product each (``cells._Cell.weight_grads``).
+- the weight gradients of all steps are one matrix product each (``cells._Cell.weight_grads``;
+  one for each thread's block of the gates where the packed loop runs on two threads).
 
 Variable lengths (``lengths``, what PyTorch's PackedSequence does): the batch is sorted longest
 first, so at step ``t`` the active sequences are a prefix ``[:b_t]`` of the rows; the rest keep their
@@ -242,10 +243,11 @@ class _Recurrent(Module):
         G = cell.gates * H
         A = self._buffer(key + "A", (T, N, G))                                       # pre-acts -> acts
         loop = TimeLoop.for_cell(cell)
+        cuts = None if loop is None else loop.cuts(N, G)      # A's layout, fixed for the call
         if keys is not None:                                  # (x W_ih^T)[keys], a lookup
-            loop.input_product(f, x, A, keys, self._buffer(key + "P", (x.shape[0], G)))
+            loop.input_product(f, x, A, cuts, keys, self._buffer(key + "P", (x.shape[0], G)))
         elif loop is not None:                                        # X W_ih^T, one GEMM
-            loop.input_product(f, x.reshape(T * N, -1), A)
+            loop.input_product(f, x.reshape(T * N, -1), A, cuts)
         else:
             cell.blas.matmul(x.reshape(T * N, -1), f.WxT, out=A.reshape(T * N, G))
         S = [self._buffer(f"{key}S{j}", (T + 2, N, H)) for j in range(cell.num_states)]
@@ -254,7 +256,7 @@ class _Recurrent(Module):
             Sj[first] = 0 if s0 is None else s0
         cache = [self._buffer(f"{key}C{j}", (T, N, H)) for j in range(cell.cache_slots)]
         if loop is not None:                                  # the same loop, compiled
-            loop.forward(f, A, S, cache, sizes, reverse)
+            loop.forward(f, A, S, cache, sizes, reverse, cuts)
         else:
             tmp = cell.new_tmp(N)
             for t in (range(T - 1, -1, -1) if reverse else range(T)):
@@ -264,7 +266,7 @@ class _Recurrent(Module):
                     for Sj in S:
                         Sj[t + 1, b:] = Sj[p, b:]
         return {"cell": cell, "f": f, "A": A, "S": S, "cache": cache, "reverse": reverse,
-                "key": key}
+                "key": key, "cuts": cuts}
 
     # -- backward -----------------------------------------------------------------------------
     def _backward(self, dy, dstate_n):
@@ -334,8 +336,8 @@ class _Recurrent(Module):
         in at ``keys (T, N)``; ``dout (T, N, H)`` the gradient of its output. Returns the
         gradient of ``x``, and that of the initial state."""
         xp, H = self.xp, self.hidden_size
-        cell, f, A, S, cache, reverse, key = (rc[k] for k in ("cell", "f", "A", "S", "cache",
-                                                               "reverse", "key"))
+        cell, f, A, S, cache, reverse, key, cuts = (rc[k] for k in (
+            "cell", "f", "A", "S", "cache", "reverse", "key", "cuts"))
         T, N, G = A.shape
         d = [xp.zeros((N, H), dtype=self.dtype) if s is None else xp.array(s, dtype=self.dtype,
                                                                            order="C")
@@ -346,7 +348,8 @@ class _Recurrent(Module):
         if loop is not None:                                  # the same loop, compiled
             sums = loop.backward(f, A, S, cache, d, gbuf, dout, sizes, reverse, keys,
                                  None if keys is None else self._buffer(key + "sums",
-                                                                        (x.shape[0], G)))
+                                                                        (x.shape[0], G)),
+                                 cuts)
         else:
             tmp = cell.new_tmp(N)
             for t in (range(T) if reverse else range(T - 1, -1, -1)):
@@ -360,7 +363,7 @@ class _Recurrent(Module):
                         g[t, b:] = 0
         M = T * N
         dZ = A.reshape(M, G)                     # A now holds dZ (in the loop's layout, parts)
-        parts = None if loop is None else loop.dz_parts(A)
+        parts = None if loop is None else loop.dz_parts(A, cuts)
         Hprev = S[0][2:T + 2] if reverse else S[0][0:T]                          # (T, N, H)
         dHn = gbuf[0].reshape(M, H) if gbuf else None
         if keys is not None:        # sums[0] (V, G): dZ summed by token; dW_ih = sums^T table
@@ -369,13 +372,13 @@ class _Recurrent(Module):
             cell.weight_grads(x, Hprev.reshape(M, H), dZ, dHn, bias, dZ_in=by_token,
                               parts=parts)
             dx = xp.empty(x.shape, dtype=self.dtype)                             # d table
-            loop.input_grad(f, by_token, dx)                                      # = sums W_ih
+            loop.input_grad(f, by_token, dx, cuts)                                # = sums W_ih
             return dx, d
         bias = None if sums is None else (sums[0][0], sums[1])
         cell.weight_grads(x.reshape(M, -1), Hprev.reshape(M, H), dZ, dHn, bias, parts=parts)
         dx = xp.empty((T, N, x.shape[2]), dtype=self.dtype)                      # dX = dZ W_ih
         if loop is not None:
-            loop.input_grad(f, A, dx.reshape(M, -1))
+            loop.input_grad(f, A, dx.reshape(M, -1), cuts)
         else:
             cell.blas.matmul(dZ, f.Wx, out=dx.reshape(M, -1))
         return dx, d

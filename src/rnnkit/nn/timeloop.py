@@ -106,10 +106,10 @@ if _fused.available():
 
     @_jit
     def forward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, R, WhT, bias, b_hn,
-                     Sh, Sc, cache, sizes, reverse, j0, j1, W, rows, scale, ga, a0):
+                     Sh, Sc, cache, sizes, reverse, j0, j1, W, rows, scale):
         """Part ``part`` of one direction's forward loop, ``_Recurrent._run_direction``'s: the
-        hidden units ``[j0, j1)``. ``A`` holds ``x W_ih^T``: the whole ``(T, N, G)`` or the
-        part's own block, ``ga`` and ``a0`` saying which (``fused.py``); ``R`` is scratch for the
+        hidden units ``[j0, j1)``. ``A`` holds ``x W_ih^T``, the part's block of it
+        (``TimeLoop.blocks``: ``(T, N, gates (j1 - j0))``); ``R`` is scratch for the
         step's recurrent product, ``(N, G)``, or ``(N, gates * (j1 - j0))`` (the part's units);
         states, caches and ``sizes`` (active rows a step) as there. The product is
         ``cblas_?gemm`` at ``addr`` with ``WhT (H, G)`` (all units, one part), or, when
@@ -120,7 +120,7 @@ if _fused.available():
         by side)."""
         T, N = A.shape[:2]
         H = Sh.shape[2]
-        G = R.shape[1]
+        G = (4 if kind == LSTM else 3 if kind == GRU else 1) * H
         zero, one = A.dtype.type(0.0), A.dtype.type(1.0)
         P = panels.shape[0]
         if rows.shape[0]:
@@ -135,11 +135,11 @@ if _fused.available():
                 _gemm(addr, ilp64, b, G, H, one, _at(Sh, p * N * H), H, _at(WhT, 0), G, zero,
                       _at(R, 0), G)
             if kind == LSTM:
-                _fused.lstm_forward_cols(A, R, bias, t, Sh, Sc, p, cache, b, j0, j1, ga, a0)
+                _fused.lstm_forward_cols(A, R, bias, t, Sh, Sc, p, cache, b, j0, j1)
             elif kind == GRU:
-                _fused.gru_forward_cols(A, R, bias, b_hn, t, Sh, p, cache, b, j0, j1, ga, a0)
+                _fused.gru_forward_cols(A, R, bias, b_hn, t, Sh, p, cache, b, j0, j1)
             else:
-                _fused.rnn_forward_cols(A, R, bias, t, Sh, b, relu, j0, j1, a0)
+                _fused.rnn_forward_cols(A, R, bias, t, Sh, b, relu, j0, j1)
             for n in range(b, N):                                 # ended sequences: carry
                 Sh[t + 1, n, j0:j1] = Sh[p, n, j0:j1]
                 if kind == LSTM:
@@ -149,11 +149,10 @@ if _fused.available():
         return True
 
     @_jit
-    def backward_loop(kind, relu, addr, ilp64, panels, panels1, edge, part, flags, A, ga, a0,
-                      A0, A1, Wh, dHH, Sh, Sc, cache, gbuf, dh, dc, dout, has_dout, sizes,
+    def backward_loop(kind, relu, addr, ilp64, panels, panels1, edge, part, flags, A, A0, A1, Wh, dHH, Sh, Sc, cache, gbuf, dh, dc, dout, has_dout, sizes,
                       reverse, j0, j1, db, dbn, keys, W, rows, rows1):
         """Part ``part`` of one direction's backward loop, ``_Recurrent._back_direction``'s: the
-        units ``[j0, j1)``, ``A`` as in ``forward_loop``. ``Wh (G, H)`` the unscaled recurrent
+        units ``[j0, j1)``, ``A`` the part's block as in ``forward_loop``. ``Wh (G, H)`` the unscaled recurrent
         weights in fused order (or the part's columns of them packed in ``panels``; where each
         part has a block of its own, the LSTM's and RNN's step product ``dZ_t W_hh`` is two,
         ``A0[t]`` by ``panels`` and ``A1[t]`` by ``panels1``, the rows of ``W_hh`` for each
@@ -165,13 +164,13 @@ if _fused.available():
         ``db (K, G)``, when it has rows, sums the gate gradients ``dZ`` over every step and row
         (taken while each step's are in cache; zeroed here): into its one row (the bias
         gradient), or, with ``keys (T, N)``, into row ``keys[t, n]`` (``fused._sums_row``); and
-        ``dbn (H,)`` the GRU's ``dHn`` (that of ``b_hn``). ``W``, ``rows``, when ``rows`` is not
-        empty: the part packs its panels first, ``packed.pack_rows(W, rows, j0, j1, panels)``."""
+        ``dbn (H,)`` the GRU's ``dHn`` (that of ``b_hn``). ``W``, ``rows`` (and ``rows1``),
+        when not empty: the part packs its panels first, ``packed.pack_rows(W, rows, j0, j1,
+        panels)`` (and ``panels1``)."""
         T, N = A.shape[:2]
         H = dh.shape[1]
-        G = db.shape[1]
-        gates = G // H
-        Wp = j1 - j0
+        gates = 4 if kind == LSTM else 3 if kind == GRU else 1
+        G = gates * H
         one = A.dtype.type(1.0)
         beta = one if kind == GRU else A.dtype.type(0.0)         # GRU: dh = dh' z + ...
         P = panels.shape[0]
@@ -190,16 +189,15 @@ if _fused.available():
             b = sizes[t]
             # the kernels take dout[t] into dh, and sum the gate gradients, a row at a time
             if kind == LSTM:
-                _fused.lstm_backward_cols(A, t, Sc, p, cache, dh, dc, b, j0, j1, ga, a0, dout,
-                                          has_dout, db, keys)
+                _fused.lstm_backward_cols(A, t, Sc, p, cache, dh, dc, b, j0, j1, dout, has_dout,
+                                          db, keys)
             elif kind == GRU:
                 _fused.gru_backward_cols(A, t, Sh, p, cache, dh, dHH[s % 2], gbuf, b, j0, j1,
-                                         ga, a0, dout, has_dout, db, dbn, keys)
+                                         dout, has_dout, db, dbn, keys)
             else:
-                _fused.rnn_backward_cols(A, t, dh, b, relu, j0, j1, a0, dout, has_dout, db, keys)
+                _fused.rnn_backward_cols(A, t, dh, b, relu, j0, j1, dout, has_dout, db, keys)
             for n in range(b, N):                                 # padding gets no gradient
-                for g in range(gates):
-                    A[t, n, g * ga + a0:g * ga + a0 + Wp] = 0
+                A[t, n] = 0                                       # (the part's block's row)
                 if kind == GRU:
                     gbuf[t, n, j0:j1] = 0
             if not _sync(flags, part, s + 1):                     # dZ_t whole
@@ -271,43 +269,49 @@ class TimeLoop:
             b = self._ws[name] = np.empty(size, dtype=np.float32)
         return b[:size].reshape(shape)
 
-    def blocks(self, A):
-        """Each part's view of ``A (T, N, G)``, as ``(block, ga, a0)`` (``fused.py``): where the
-        loop runs on two threads, each owns a block of ``A``'s memory, ``(T, N, gates W)`` for
-        its ``W`` units, one after the other (a step's part is then one contiguous run, which
-        the processor's prefetcher follows: its units' four gate blocks in every row of the
-        whole buffer were 128 runs of 512 bytes a step at H=256, and the forward kernel took
-        19-31 us a step on them against 9-17 from one block); else the whole of ``A``."""
-        T, N, G = A.shape
-        cuts = self._parts(N, G)
-        H, gates = self.cell.hidden_size, self.cell.gates
+    def cuts(self, N, G):
+        """The parts of a call on ``N`` rows (see ``_parts``), which fix ``A``'s layout
+        (``blocks``): the sequence layer takes them once a direction and hands the same to the
+        forward pass, the backward pass and the products around them."""
+        return self._parts(N, G)
+
+    def blocks(self, A, cuts):
+        """Each part's block of ``A (T, N, G)``: where the loop runs on two threads, each owns a
+        block of ``A``'s memory, ``(T, N, gates W)`` for its ``W`` units, one after the other, a
+        step's part then one contiguous run, which the processor's prefetcher follows (its
+        units' four gate blocks in every row of the whole buffer were 128 runs of 512 bytes a
+        step at H=256, and the forward kernel took 19-31 us a step on them against 9-17 from
+        one block); with one part, ``A`` itself, laid out whole."""
         if len(cuts) == 2:
-            return [(A, H, 0)]
-        flat, out, off = A.reshape(-1), [], 0
+            return [A]
+        if not A.flags.c_contiguous:
+            raise ValueError("TimeLoop.blocks: A must be C-contiguous")
+        T, N, _ = A.shape
+        gates, flat, out, off = self.cell.gates, A.reshape(-1), [], 0
         for j0, j1 in zip(cuts, cuts[1:]):
             size = T * N * gates * (j1 - j0)
-            out.append((flat[off:off + size].reshape(T, N, gates * (j1 - j0)), j1 - j0, 0))
+            out.append(flat[off:off + size].reshape(T, N, gates * (j1 - j0)))
             off += size
         return out
 
-    def dz_parts(self, A):
+    def dz_parts(self, A, cuts):
         """The gate gradients that backward left in ``A``, for ``cells._Cell.weight_grads``:
         None where ``A`` is laid out whole, else each part's ``(dZ_k (T N, gates W), its
         columns of the fused gates, j0, j1)``."""
-        T, N, G = A.shape
-        cuts = self._parts(N, G)
         if len(cuts) == 2:
             return None
         _, cols = self._columns(cuts, fused_columns=True)
-        return [(blk.reshape(T * N, -1), c, j0, j1) for (blk, _, _), c, j0, j1
-                in zip(self.blocks(A), cols, cuts, cuts[1:])]
+        T, N, _ = A.shape
+        return [(blk.reshape(T * N, -1), c, j0, j1)
+                for blk, c, j0, j1 in zip(self.blocks(A, cuts), cols, cuts, cuts[1:])]
 
-    def input_product(self, f, X, A, keys=None, P=None) -> None:
+    def input_product(self, f, X, A, cuts, keys=None, P=None) -> None:
         """``A = X W_ih^T`` for ``X (T N, D)``, in the kernels' gate order and scale and in the
         layout of ``blocks``: the one product of the input projection per direction. With
         ``keys (T, N)``, ``X`` is a table ``(V, D)`` and ``A = (X W_ih^T)[keys]``, the product
         going to ``P (V, G)``, scratch. The packed loop packs ``W_ih`` straight from the
-        parameter into a buffer it keeps (no reordered, scaled copy)."""
+        parameter into a buffer it keeps (no reordered, scaled copy); with two parts, each
+        thread makes its own block."""
         T, N, G = A.shape
         if not self.packed:
             if keys is None:
@@ -316,62 +320,55 @@ class TimeLoop:
                 self.cell.blas.matmul(X, f.WxT, out=P)
                 np.take(P, keys, axis=0, out=A, mode="clip")
             return
-        _, cols = self._columns(self._parts(N, G))
-        blocks, jobs, off = self.blocks(A), [], 0
-        for k, ((blk, _, _), (rows, scale)) in enumerate(zip(blocks, cols)):
-            Gk = len(rows)         # with keys: P's memory in blocks too, each looked up apart
-            out = (blk.reshape(T * N, Gk) if keys is None
-                   else P.reshape(-1)[off:off + P.shape[0] * Gk].reshape(-1, Gk))
-            jobs.append((k, rows, scale, out, blk))
-            off += P.shape[0] * Gk if keys is not None else 0
-        W = self.cell.weight_ih
+        _, cols = self._columns(cuts)
+        W, M, D = self.cell.weight_ih, X.shape[0], X.shape[1]
+        jobs, off = [], 0
+        for k, (blk, (rows, scale)) in enumerate(zip(self.blocks(A, cuts), cols)):
+            Gk = len(rows)        # with keys, P's memory in blocks too, each looked up apart
+            out = (blk.reshape(M, Gk) if keys is None
+                   else P.reshape(-1)[off:off + M * Gk].reshape(M, Gk))
+            off += M * Gk if keys is not None else 0
+            panels = self._buf(f"Wi{k}", (_packed.panel_count(Gk), D, _packed.NR))
+            jobs.append((rows, scale, panels, out, blk))
         if len(jobs) == 1:
-            (k, rows, scale, out, blk), = jobs
-            panels = self._buf("Wi", (_packed.panel_count(len(rows)), X.shape[1], _packed.NR))
+            rows, scale, panels, out, _ = jobs[0]
             _packed.matmul_rows_t(X, W, rows, scale, out, self.cell.blas.pool, panels)
         else:                     # each thread its own block, packing its own part of W_ih
-            def job(k, rows, scale, out, blk):
-                P = _packed.panel_count(len(rows))
-                _packed._pack_rows_t_and_gemm(
-                    X, W, rows, scale, self._buf(f"Wi{k}", (P, X.shape[1], _packed.NR)), out,
-                    0, P, 0, X.shape[0], _edge(), True)
-            self.cell.blas.pool.run(job, jobs[1:] + jobs[:1])
+            self.cell.blas.pool.run(
+                lambda rows, scale, panels, out, blk, edge: _packed._pack_rows_t_and_gemm(
+                    X, W, rows, scale, panels, out, 0, panels.shape[0], 0, M, edge, True),
+                [(*job, _edge()) for job in jobs[::-1]])
         if keys is not None:
-            for _, _, _, out, blk in jobs:
+            for *_, out, blk in jobs:
                 np.take(out, keys, axis=0, out=blk, mode="clip")
 
-    def input_grad(self, f, dZ, out) -> None:
+    def input_grad(self, f, dZ, out, cuts) -> None:
         """``out (M, D) = dZ W_ih`` for the gate gradients in ``dZ``: ``(T, N, G)`` in the
         layout of ``blocks``, or ``(M, G)`` laid out whole; the input's gradient, packed like
-        ``input_product`` (a part's block at a time, adding up)."""
+        ``input_product``. With two blocks, each thread packs its block's rows of ``W_ih``, then
+        each takes half of the rows of ``dX``, from both blocks (``packed.gemm_two``)."""
         G = dZ.shape[-1]
         if not self.packed:
             self.cell.blas.matmul(dZ.reshape(-1, G), f.Wx, out=out)
             return
-        W = self.cell.weight_ih
-        blocks = [(dZ, None)] if dZ.ndim == 2 else self.blocks(dZ)
-        if len(blocks) == 1:
-            order, _ = self._columns([0, self.cell.hidden_size])
-            panels = self._buf("Wi", (_packed.panel_count(W.shape[1]), len(order), _packed.NR))
-            _packed.matmul_rows(dZ.reshape(-1, G), W, order, out, self.cell.blas.pool, panels)
-            return
-        # blocks: each thread packs its block's rows of W_ih, then each takes half of the rows
-        # of dX, adding up both blocks' products (dX is written once)
-        _, cols = self._columns(self._parts(*dZ.shape[1:]))
+        W, pool = self.cell.weight_ih, self.cell.blas.pool
         D, P = W.shape[1], _packed.panel_count(W.shape[1])
-        parts = [(blk.reshape(-1, blk.shape[2]), rows,
-                  self._buf(f"Wi{k}", (P, len(rows), _packed.NR)))
-                 for k, ((blk, _, _), (rows, _)) in enumerate(zip(blocks, cols))]
-        pool = self.cell.blas.pool
-        pool.run(lambda d, rows, panels: _packed.pack_rows(W, rows, 0, D, panels), parts[::-1])
+        if dZ.ndim == 2 or len(cuts) == 2:
+            order, _ = self._columns([0, self.cell.hidden_size])
+            panels = self._buf("Wi", (P, len(order), _packed.NR))
+            _packed.matmul_rows(dZ.reshape(-1, G), W, order, out, pool, panels)
+            return
+        _, cols = self._columns(cuts)
+        parts = [(blk.reshape(-1, blk.shape[2]), rows, self._buf(f"Wi{k}", (P, len(rows),
+                                                                             _packed.NR)))
+                 for k, (blk, (rows, _)) in enumerate(zip(self.blocks(dZ, cuts), cols))]
+        pool.run(lambda rows, panels: _packed.pack_rows(W, rows, 0, D, panels),
+                 [(rows, panels) for _, rows, panels in parts[::-1]])
         M = out.shape[0]
         h = M // 2 // _packed.MR * _packed.MR
-
-        def rows_of_dx(r0, r1):
-            edge = _edge()
-            for k, (d, _, panels) in enumerate(parts):
-                _packed.gemm(d, panels, out, 0, P, r0, r1, k > 0, edge)
-        pool.run(rows_of_dx, [(h, M), (0, h)])
+        (d0, _, p0), (d1, _, p1) = parts
+        pool.run(lambda r0, r1, edge: _packed.gemm_two(d0, p0, d1, p1, out, r0, r1, edge),
+                 [(h, M, _edge()), (0, h, _edge())])
 
     def _columns(self, cuts, fused_columns: bool = False):
         """For each part of ``cuts``: its columns of the fused gates (each gate's units
@@ -421,14 +418,15 @@ class TimeLoop:
         else:
             self.cell.blas.pool.run(part, [(k,) for k in range(1, parts)] + [(0,)])
 
-    def forward(self, f, A, S, cache, sizes, reverse: bool) -> None:
-        """All steps of ``recurrent._Recurrent._run_direction`` (its arguments)."""
+    def forward(self, f, A, S, cache, sizes, reverse: bool, cuts=None) -> None:
+        """All steps of ``recurrent._Recurrent._run_direction`` (its arguments; ``cuts`` as
+        ``cuts(N, G)`` gives them, which ``input_product`` laid ``A`` out for)."""
         Sc = S[1] if len(S) > 1 else S[0]                         # unused without c
         hn = cache[0] if cache else S[0]
         b_hn = f.b_hn if self.kind == GRU else f.b
         T, N, G = A.shape
         H, gates = self.cell.hidden_size, self.cell.gates
-        cuts = self._parts(N, G)
+        cuts = self._parts(N, G) if cuts is None else cuts
         sizes = np.asarray(sizes, dtype=np.int64)
         if self.packed:               # each part's columns of W_hh^T, packed from the parameter
             WhT, panels, R = _NO_WEIGHTS, [], []      # (by the part's thread, in the loop)
@@ -441,15 +439,16 @@ class TimeLoop:
         else:
             WhT, panels, R = f.WhT, [_NO_PANELS], [np.empty((N, G), dtype=A.dtype)]
             W, cols = _NO_WEIGHTS, [(_NO_ROWS, _NO_SCALE)]
-        blocks = self.blocks(A)
+        blocks = self.blocks(A, cuts)
         self._run(forward_loop, lambda k, flags: (
             self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags,
-            blocks[k][0], R[k], WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k],
-            cuts[k + 1], W, *cols[k], *blocks[k][1:]), cuts)
+            blocks[k], R[k], WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k],
+            cuts[k + 1], W, *cols[k]), cuts)
 
     def backward(self, f, A, S, cache, d, gbuf, dout, sizes, reverse: bool, keys=None,
-                 sums=None):
-        """All steps of ``recurrent._Recurrent._back_direction`` (its arguments). Returns the
+                 sums=None, cuts=None):
+        """All steps of ``recurrent._Recurrent._back_direction`` (its arguments; ``cuts``
+        those of the forward pass, which laid ``A`` out). Returns the
         gate gradients summed as the loop goes, each step's rows while they are in cache,
         ``(db (K, G), db_hn (H,) or None)`` in the kernels' order, or None where the cell has no
         bias and no ``keys`` are given. Without ``keys``, ``db`` has one row, the bias gradient
@@ -465,13 +464,13 @@ class TimeLoop:
         has_dout = dout is not None
         if not has_dout:
             dout = np.empty((1, 1, 1), dtype=A.dtype)
-        cuts = self._parts(N, G)
+        cuts = self._parts(N, G) if cuts is None else cuts
         sizes = np.asarray(sizes, dtype=np.int64)
-        blocks = self.blocks(A)
+        blocks = self.blocks(A, cuts)
         # the step's product dZ_t W_hh reads every part's dZ_t: the whole row of A (or of the
         # GRU's dHH), or, where the parts have blocks of A, the two blocks' rows in turn, each
         # by its own rows of W_hh (the rows0 and rows1 below)
-        A0, A1 = blocks[0][0], blocks[-1][0]
+        A0, A1 = blocks[0], blocks[-1]
         if self.packed:               # each part's columns of W_hh, packed from the parameter
             Wh, panels, panels1 = _NO_WEIGHTS, [], []  # (by the part's thread, in the loop)
             order, parts = self._columns(cuts)
@@ -499,7 +498,7 @@ class TimeLoop:
             dbn = np.empty(self.cell.hidden_size, dtype=A.dtype)
         self._run(backward_loop, lambda k, flags: (
             self.kind, self.relu, self.addr, self.ilp64, panels[k], panels1[k], _edge(), k,
-            flags, *blocks[k], A0, A1, Wh, dHH, S[0], Sc, hn, g, d[0], dc, dout, has_dout,
+            flags, blocks[k], A0, A1, Wh, dHH, S[0], Sc, hn, g, d[0], dc, dout, has_dout,
             sizes, reverse, cuts[k], cuts[k + 1], db, dbn, keys, W, rows0, rows1), cuts)
         if not db.shape[0]:
             return None
