@@ -122,8 +122,8 @@ def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_tor
 
     rnnkit runs on NumPy's BLAS, on its packed kernel (with numba) and, when MKL loads, on MKL
     too; "rnnkit" is whichever ``blas="auto"`` takes on this machine."""
-    fns, model = {}, None
-    fns["numpy"], model = rnnkit_step(cell, V, E, H, L, B, T, blas_name="numpy")
+    step, model = rnnkit_step(cell, V, E, H, L, B, T, blas_name="numpy")
+    fns = {"numpy": step}
     if packed.available():
         fns["packed"] = rnnkit_step(cell, V, E, H, L, B, T, blas_name="packed")[0]
     if blas.load_mkl() is not None:

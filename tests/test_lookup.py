@@ -97,7 +97,7 @@ def test_folded_lookup_on_each_blas_in_float32(monkeypatch, kind, blas):
     from rnnkit.nn import timeloop
     monkeypatch.setattr(timeloop, "_cores", lambda: 2)
     parts = []
-    monkeypatch.setattr(timeloop.TimeLoop, "_parts", lambda self, N, G, f=timeloop.TimeLoop._parts:
+    monkeypatch.setattr(timeloop.TimeLoop, "cuts", lambda self, N, G, f=timeloop.TimeLoop.cuts:
                         parts.append(f(self, N, G)) or parts[-1])
     want, got, folded = both_ways(kind, V=40, D=16, H=128, N=16, T=20, dtype=np.float32,
                                   num_layers=2, dropout=0.3, blas=blas)
@@ -133,7 +133,8 @@ def test_stateful_lookup_carries_the_state(kind):
     rng = np.random.default_rng(2)
     table = rng.standard_normal((3, 4))
     ids = rng.integers(0, 3, (4, 12))
-    make = lambda: cls(4, 5, stateful=True, rng=np.random.default_rng(0), dtype=np.float64)  # noqa: E731
+    def make():
+        return cls(4, 5, stateful=True, rng=np.random.default_rng(0), dtype=np.float64)
     whole, _ = make()(table[ids])
     a, b = make(), make()
     outs = []

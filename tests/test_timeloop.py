@@ -92,7 +92,7 @@ def test_packed_loop_equals_python_loop(monkeypatch, kind, bidir, lengths, parts
     layer = cls(D, H, num_layers=L, bidirectional=bidir, rng=np.random.default_rng(5),
                 blas="packed", **extra)
     loop = TimeLoop.for_cell(layer.cells[0][0])
-    assert loop.packed and len(loop._parts(N, layer.cells[0][0].gates * H)) == parts + 1
+    assert loop.packed and len(loop.cuts(N, layer.cells[0][0].gates * H)) == parts + 1
     compiled, python = both_loops(monkeypatch, lambda: layer, inputs)
     for a, b in zip(compiled, python):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -181,7 +181,7 @@ def test_packed_loop_reuses_its_buffers_across_calls(monkeypatch, kind):
     monkeypatch.setattr(timeloop, "THREADED", 5 * G * 37)              # 2 parts from N = 5 on
     loop = TimeLoop.for_cell(cell)
     assert loop is TimeLoop.for_cell(cell)
-    assert [len(loop._parts(N, G)) - 1 for N in (11, 3, 8)] == [2, 1, 2]
+    assert [len(loop.cuts(N, G)) - 1 for N in (11, 3, 8)] == [2, 1, 2]
     for N in (11, 3, 8):
         run(layer, r(N, 5, 6), None, None, r(N, 5, 37), None)
     for p in layer.params:

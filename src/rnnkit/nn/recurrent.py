@@ -349,7 +349,7 @@ class _Recurrent(Module):
             sums = loop.backward(f, A, S, cache, d, gbuf, dout, sizes, reverse, keys,
                                  None if keys is None else self._buffer(key + "sums",
                                                                         (x.shape[0], G)),
-                                 cuts)
+                                 cuts=cuts)
         else:
             tmp = cell.new_tmp(N)
             for t in (range(T) if reverse else range(T - 1, -1, -1)):

@@ -149,17 +149,18 @@ if _fused.available():
         return True
 
     @_jit
-    def backward_loop(kind, relu, addr, ilp64, panels, panels1, edge, part, flags, A, A0, A1, Wh, dHH, Sh, Sc, cache, gbuf, dh, dc, dout, has_dout, sizes,
-                      reverse, j0, j1, db, dbn, keys, W, rows, rows1):
+    def backward_loop(kind, relu, addr, ilp64, panels, panels1, edge, part, flags, A, A0, A1,
+                      Wh, dHH, Sh, Sc, cache, gbuf, dh, dc, dout, has_dout, sizes, reverse, j0,
+                      j1, db, dbn, keys, W, rows, rows1):
         """Part ``part`` of one direction's backward loop, ``_Recurrent._back_direction``'s: the
-        units ``[j0, j1)``, ``A`` the part's block as in ``forward_loop``. ``Wh (G, H)`` the unscaled recurrent
-        weights in fused order (or the part's columns of them packed in ``panels``; where each
-        part has a block of its own, the LSTM's and RNN's step product ``dZ_t W_hh`` is two,
-        ``A0[t]`` by ``panels`` and ``A1[t]`` by ``panels1``, the rows of ``W_hh`` for each
-        block's columns, packed from ``rows`` and ``rows1``), ``dHH (2, N, G)`` scratch for the
-        GRU's recurrent-side gate gradients, taken in turns (one part may write the next step's
-        while another still reads this one's), ``dh, dc (N, H)`` the state gradients, in and
-        out. A barrier after the kernel: ``dh_{t-1}`` needs all of ``dZ_t``.
+        units ``[j0, j1)``, ``A`` the part's block as in ``forward_loop``. ``Wh (G, H)`` the
+        unscaled recurrent weights in fused order (or the part's columns of them packed in
+        ``panels``; where each part has a block of its own, the LSTM's and RNN's step product
+        ``dZ_t W_hh`` is two, ``A0[t]`` by ``panels`` and ``A1[t]`` by ``panels1``, the rows of
+        ``W_hh`` for each block's columns, packed from ``rows`` and ``rows1``),
+        ``dHH (2, N, G)`` scratch for the GRU's recurrent-side gate gradients, taken in turns (one part may
+        write the next step's while another still reads this one's), ``dh, dc (N, H)`` the state
+        gradients, in and out. A barrier after the kernel: ``dh_{t-1}`` needs all of ``dZ_t``.
 
         ``db (K, G)``, when it has rows, sums the gate gradients ``dZ`` over every step and row
         (taken while each step's are in cache; zeroed here): into its one row (the bias
@@ -268,12 +269,6 @@ class TimeLoop:
         if b is None or b.size < size:
             b = self._ws[name] = np.empty(size, dtype=np.float32)
         return b[:size].reshape(shape)
-
-    def cuts(self, N, G):
-        """The parts of a call on ``N`` rows (see ``_parts``), which fix ``A``'s layout
-        (``blocks``): the sequence layer takes them once a direction and hands the same to the
-        forward pass, the backward pass and the products around them."""
-        return self._parts(N, G)
 
     def blocks(self, A, cuts):
         """Each part's block of ``A (T, N, G)``: where the loop runs on two threads, each owns a
@@ -385,14 +380,16 @@ class TimeLoop:
                 cols = np.concatenate([np.arange(g * H + j0, g * H + j1) for g in range(gates)])
                 parts.append((order[cols], np.ascontiguousarray(f.scale[cols])))
                 columns.append(cols)
-            self._ws[key] = (order, parts)
-            self._ws[("fused", tuple(cuts))] = (order, columns)
-        return self._ws[("fused", tuple(cuts))] if fused_columns else self._ws[key]
+            self._ws[key] = (order, parts, columns)
+        order, parts, columns = self._ws[key]
+        return (order, columns) if fused_columns else (order, parts)
 
-    def _parts(self, N, G):
+    def cuts(self, N, G):
         """The units' bounds ``[0, ..., H]``: two parts (whole panels of 32 columns where ``H``
         allows) for ``blas="packed"``, when a step's product is large enough and the process may
-        run on two cores; else one."""
+        run on two cores; else one. The parts fix ``A``'s layout (``blocks``): the sequence
+        layer takes them once a direction and hands the same to the input product, both passes
+        and ``dX``."""
         H = self.cell.hidden_size
         if self.packed and N * G * H >= THREADED and H >= 2 * MIN_UNITS and _cores() >= 2:
             mid = H // 2 if H < 128 else round(H / 64) * 32
@@ -418,7 +415,7 @@ class TimeLoop:
         else:
             self.cell.blas.pool.run(part, [(k,) for k in range(1, parts)] + [(0,)])
 
-    def forward(self, f, A, S, cache, sizes, reverse: bool, cuts=None) -> None:
+    def forward(self, f, A, S, cache, sizes, reverse: bool, cuts) -> None:
         """All steps of ``recurrent._Recurrent._run_direction`` (its arguments; ``cuts`` as
         ``cuts(N, G)`` gives them, which ``input_product`` laid ``A`` out for)."""
         Sc = S[1] if len(S) > 1 else S[0]                         # unused without c
@@ -426,7 +423,6 @@ class TimeLoop:
         b_hn = f.b_hn if self.kind == GRU else f.b
         T, N, G = A.shape
         H, gates = self.cell.hidden_size, self.cell.gates
-        cuts = self._parts(N, G) if cuts is None else cuts
         sizes = np.asarray(sizes, dtype=np.int64)
         if self.packed:               # each part's columns of W_hh^T, packed from the parameter
             WhT, panels, R = _NO_WEIGHTS, [], []      # (by the part's thread, in the loop)
@@ -446,7 +442,7 @@ class TimeLoop:
             cuts[k + 1], W, *cols[k]), cuts)
 
     def backward(self, f, A, S, cache, d, gbuf, dout, sizes, reverse: bool, keys=None,
-                 sums=None, cuts=None):
+                 sums=None, *, cuts):
         """All steps of ``recurrent._Recurrent._back_direction`` (its arguments; ``cuts``
         those of the forward pass, which laid ``A`` out). Returns the
         gate gradients summed as the loop goes, each step's rows while they are in cache,
@@ -464,7 +460,6 @@ class TimeLoop:
         has_dout = dout is not None
         if not has_dout:
             dout = np.empty((1, 1, 1), dtype=A.dtype)
-        cuts = self._parts(N, G) if cuts is None else cuts
         sizes = np.asarray(sizes, dtype=np.int64)
         blocks = self.blocks(A, cuts)
         # the step's product dZ_t W_hh reads every part's dZ_t: the whole row of A (or of the
