@@ -15,7 +15,6 @@ H = 128 on, a GRU from 148, an RNN from 256, on an AVX-512 processor that is not
 from __future__ import annotations
 
 import statistics
-import time
 
 import numpy as np
 
@@ -89,32 +88,33 @@ def performed_flops(cell, V, E, H, L, B, T, model) -> float:
     return f
 
 
-def add_shares(row: dict, peak: float) -> None:
-    """The shares of the GEMM peak (``peak`` in GFLOP/s) of a ``compare`` row: rnnkit's, over the
-    counted products and over those it does, and PyTorch's. Take ``peak`` as the highest of
-    several measurements through a run (one measurement of 0.2 s can fall in a slow spell of a
-    shared machine and make every share of it look too high)."""
-    row["gemm_peak_gflops"] = peak
+def add_shares(row: dict, highest: float | None = None) -> None:
+    """The shares of the GEMM peak of a ``compare`` row: rnnkit's, over the counted products
+    and over those it does, and PyTorch's, each a median step against the median of the peak's
+    blocks timed in turns with the steps (``gemm_block``): the two medians saw the same machine,
+    where a median step beside a peak taken apart mixes a busy spell with a quiet one. With
+    ``highest`` (GFLOP/s, the highest peak measured through a run), also rnnkit's median step
+    against it, the lowest of the views."""
+    peak = row["gemm_peak_gflops"]
     row["peak_share"] = row["rnnkit_gflops"] / peak
     row["done_peak_share"] = row["rnnkit_done_gflops"] / peak
     if "torch_gflops" in row:
         row["torch_peak_share"] = row["torch_gflops"] / peak
+    if highest is not None:
+        row["highest_peak_gflops"] = highest
+        row["peak_share_vs_highest"] = row["rnnkit_gflops"] / highest
 
 
-def gemm_peak(n=1024, reps=20) -> float:
-    """Measured float32 GEMM rate of NumPy's BLAS here (FLOP/s), best of ``reps``."""
+def gemm_block(n=1024, count=4):
+    """``(fn, flops)``: ``fn`` does ``count`` float32 GEMMs of order ``n`` with NumPy's BLAS
+    (about a training step's time at H=256), for the GEMM peak timed in turns with the steps."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    b = a.copy()
-    c = np.empty_like(a)
-    np.matmul(a, b, out=c)
-    best = min(_time(lambda: np.matmul(a, b, out=c)) for _ in range(reps))
-    return 2 * n ** 3 / best
+    b, c = a.copy(), np.empty_like(a)
 
-
-def _time(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    def fn():
+        for _ in range(count):
+            np.matmul(a, b, out=c)
+    return fn, 2.0 * n ** 3 * count
 
 
 def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_torch=True) -> dict:
@@ -130,6 +130,7 @@ def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_tor
         fns["mkl"] = rnnkit_step(cell, V, E, H, L, B, T, blas_name="mkl")[0]
     if with_torch:
         fns["theirs"] = torch_step(cell, V, E, H, L, B, T)
+    fns["gemm"], gemm_flops = gemm_block()
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -144,6 +145,8 @@ def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_tor
             row.update({f"{key}_ms": med[name] * 1e3, f"{key}_tok_s": B * T / med[name]})
             if with_torch:
                 row[f"{key}_ratio"] = med["theirs"] / med[name]
+    row["gemm_peak_gflops"] = gemm_flops / med["gemm"] / 1e9          # see add_shares
+    row["gemm_peak_best_gflops"] = gemm_flops / min(times["gemm"]) / 1e9
     row["rnnkit_gflops"] = flops / med[auto] / 1e9
     row["rnnkit_done_gflops"] = performed_flops(cell, V, E, H, L, B, T, model) / med[auto] / 1e9
     if with_torch:
@@ -166,21 +169,20 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(2)
-    peaks = [gemm_peak()]                    # before and after each cell (see add_shares)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    rows = []
-    for cell in args.cells:
-        rows.append(compare(cell, H=args.hidden, B=args.batch, T=args.bptt, reps=args.reps))
-        peaks.append(gemm_peak())
-    peak = max(peaks)
-    print(f"float32 GEMM peak here: {peak / 1e9:.0f} GFLOP/s (the highest of "
-          f"{', '.join(f'{p / 1e9:.0f}' for p in peaks)})")
+    rows = [compare(cell, H=args.hidden, B=args.batch, T=args.bptt, reps=args.reps)
+            for cell in args.cells]
+    highest = max(r["gemm_peak_best_gflops"] for r in rows)
+    print("float32 GEMM peak, timed in turns with the steps: "
+          + ", ".join(f"{r['cell']} {r['gemm_peak_gflops']:.0f}" for r in rows)
+          + f" GFLOP/s (medians; the highest block {highest:.0f})")
     for r in rows:
-        add_shares(r, peak / 1e9)
+        add_shares(r, highest)
         print(f"{r['cell']:4s} H={r['H']} B={r['B']} T={r['T']}: rnnkit ({r['blas']}) "
               f"{r['rnnkit_tok_s']:8,.0f} tok/s "
               f"({r['rnnkit_ms']:6.1f} ms, {r['peak_share']:.0%} of peak, "
-              f"{r['done_peak_share']:.0%} in products done) | torch "
+              f"{r['done_peak_share']:.0%} in products done, "
+              f"{r['peak_share_vs_highest']:.0%} of the highest) | torch "
               f"{r['torch_tok_s']:8,.0f} tok/s ({r['torch_ms']:6.1f} ms, "
               f"{r['torch_peak_share']:.0%}) | ratio {r['ratio']:.2f}x "
               f"(best steps {r['ratio_best']:.2f}x)"
