@@ -106,6 +106,12 @@ if numba is not None:
         return db[keys[t, n]] if keys.shape[0] else db[0]
 
     @_jit
+    def _copy_row(dst, src):
+        """``dst[:] = src`` (1-D, same length)."""
+        for j in range(dst.shape[0]):
+            dst[j] = src[j]
+
+    @_jit
     def _add_row(dst, src):
         """``dst += src`` (1-D, same length)."""
         for j in range(dst.shape[0]):

@@ -244,8 +244,10 @@ class _Recurrent(Module):
         A = self._buffer(key + "A", (T, N, G))                                       # pre-acts -> acts
         loop = TimeLoop.for_cell(cell)
         cuts = None if loop is None else loop.cuts(N, G)      # A's layout, fixed for the call
-        if keys is not None:                                  # (x W_ih^T)[keys], a lookup
-            loop.input_product(f, x, A, cuts, keys, self._buffer(key + "P", (x.shape[0], G)))
+        P = None
+        if keys is not None:           # (x W_ih^T)[keys]: the table projected, looked up a step
+            P = self._buffer(key + "P", (x.shape[0], G))         # at a time by the loop
+            loop.input_product(f, x, A, cuts, keys, P)
         elif loop is not None:                                        # X W_ih^T, one GEMM
             loop.input_product(f, x.reshape(T * N, -1), A, cuts)
         else:
@@ -256,7 +258,7 @@ class _Recurrent(Module):
             Sj[first] = 0 if s0 is None else s0
         cache = [self._buffer(f"{key}C{j}", (T, N, H)) for j in range(cell.cache_slots)]
         if loop is not None:                                  # the same loop, compiled
-            loop.forward(f, A, S, cache, sizes, reverse, cuts)
+            loop.forward(f, A, S, cache, sizes, reverse, cuts, keys, P)
         else:
             tmp = cell.new_tmp(N)
             for t in (range(T - 1, -1, -1) if reverse else range(T)):

@@ -106,7 +106,7 @@ if _fused.available():
 
     @_jit
     def forward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, R, WhT, bias, b_hn,
-                     Sh, Sc, cache, sizes, reverse, j0, j1, W, rows, scale):
+                     Sh, Sc, cache, sizes, reverse, j0, j1, W, rows, scale, table, keys):
         """Part ``part`` of one direction's forward loop, ``_Recurrent._run_direction``'s: the
         hidden units ``[j0, j1)``. ``A`` holds ``x W_ih^T``, the part's block of it
         (``TimeLoop.blocks``: ``(T, N, gates (j1 - j0))``); ``R`` is scratch for the
@@ -117,7 +117,9 @@ if _fused.available():
         there. A barrier ends each step (every part of ``h_t`` written). False when another
         part failed. ``W``, ``rows``, ``scale``, when ``rows`` is not empty: the part packs
         its panels first, ``packed.pack_rows_t(W, rows, scale, panels)`` (the two parts side
-        by side)."""
+        by side). ``table (V, gates (j1 - j0))`` and ``keys (T, N)``, when ``keys`` has rows: a
+        looked-up input, ``A[t, n] = table[keys[t, n]]`` copied in at each step just before
+        the kernel reads it (the part's block of ``input_product``'s projected table)."""
         T, N = A.shape[:2]
         H = Sh.shape[2]
         G = (4 if kind == LSTM else 3 if kind == GRU else 1) * H
@@ -134,6 +136,9 @@ if _fused.available():
             else:
                 _gemm(addr, ilp64, b, G, H, one, _at(Sh, p * N * H), H, _at(WhT, 0), G, zero,
                       _at(R, 0), G)
+            if keys.shape[0]:                                     # A[t] = table[keys[t]]
+                for n in range(b):
+                    _fused._copy_row(A[t, n], table[keys[t, n]])
             if kind == LSTM:
                 _fused.lstm_forward_cols(A, R, bias, t, Sh, Sc, p, cache, b, j0, j1)
             elif kind == GRU:
@@ -303,39 +308,43 @@ class TimeLoop:
     def input_product(self, f, X, A, cuts, keys=None, P=None) -> None:
         """``A = X W_ih^T`` for ``X (T N, D)``, in the kernels' gate order and scale and in the
         layout of ``blocks``: the one product of the input projection per direction. With
-        ``keys (T, N)``, ``X`` is a table ``(V, D)`` and ``A = (X W_ih^T)[keys]``, the product
-        going to ``P (V, G)``, scratch. The packed loop packs ``W_ih`` straight from the
-        parameter into a buffer it keeps (no reordered, scaled copy); with two parts, each
-        thread makes its own block."""
+        ``keys``, ``X`` is a table ``(V, D)`` and the product goes to ``P (V, G)`` instead, in
+        the layout of ``table_blocks``; ``forward``, given the same ``keys`` and ``P``, then
+        looks each step's rows up as it goes (``A = (X W_ih^T)[keys]``). The packed loop packs
+        ``W_ih`` straight from the parameter into a buffer it keeps (no reordered, scaled
+        copy); with two parts, each thread makes its own block."""
         T, N, G = A.shape
         if not self.packed:
-            if keys is None:
-                self.cell.blas.matmul(X, f.WxT, out=A.reshape(T * N, G))
-            else:
-                self.cell.blas.matmul(X, f.WxT, out=P)
-                np.take(P, keys, axis=0, out=A, mode="clip")
+            self.cell.blas.matmul(X, f.WxT, out=A.reshape(T * N, G) if keys is None else P)
             return
         _, cols = self._columns(cuts)
         W, M, D = self.cell.weight_ih, X.shape[0], X.shape[1]
-        jobs, off = [], 0
-        for k, (blk, (rows, scale)) in enumerate(zip(self.blocks(A, cuts), cols)):
-            Gk = len(rows)        # with keys, P's memory in blocks too, each looked up apart
-            out = (blk.reshape(M, Gk) if keys is None
-                   else P.reshape(-1)[off:off + M * Gk].reshape(M, Gk))
-            off += M * Gk if keys is not None else 0
-            panels = self._buf(f"Wi{k}", (_packed.panel_count(Gk), D, _packed.NR))
-            jobs.append((rows, scale, panels, out, blk))
+        outs = (self.blocks(A, cuts) if keys is None else self.table_blocks(P, cuts))
+        jobs = []
+        for k, (out, (rows, scale)) in enumerate(zip(outs, cols)):
+            panels = self._buf(f"Wi{k}", (_packed.panel_count(len(rows)), D, _packed.NR))
+            jobs.append((rows, scale, panels, out.reshape(M, len(rows))))
         if len(jobs) == 1:
-            rows, scale, panels, out, _ = jobs[0]
+            rows, scale, panels, out = jobs[0]
             _packed.matmul_rows_t(X, W, rows, scale, out, self.cell.blas.pool, panels)
         else:                     # each thread its own block, packing its own part of W_ih
             self.cell.blas.pool.run(
-                lambda rows, scale, panels, out, blk, edge: _packed._pack_rows_t_and_gemm(
+                lambda rows, scale, panels, out, edge: _packed._pack_rows_t_and_gemm(
                     X, W, rows, scale, panels, out, 0, panels.shape[0], 0, M, edge, True),
                 [(*job, _edge()) for job in jobs[::-1]])
-        if keys is not None:
-            for *_, out, blk in jobs:
-                np.take(out, keys, axis=0, out=blk, mode="clip")
+
+    def table_blocks(self, P, cuts):
+        """Each part's block of a projected table ``P (V, G)``, ``(V, gates W)`` for its ``W``
+        units, one after the other in ``P``'s memory (as ``blocks`` lays out ``A``); with one
+        part, ``P`` itself."""
+        if len(cuts) == 2:
+            return [P]
+        V, gates, flat, out, off = P.shape[0], self.cell.gates, P.reshape(-1), [], 0
+        for j0, j1 in zip(cuts, cuts[1:]):
+            size = V * gates * (j1 - j0)
+            out.append(flat[off:off + size].reshape(V, gates * (j1 - j0)))
+            off += size
+        return out
 
     def input_grad(self, f, dZ, out, cuts) -> None:
         """``out (M, D) = dZ W_ih`` for the gate gradients in ``dZ``: ``(T, N, G)`` in the
@@ -415,9 +424,11 @@ class TimeLoop:
         else:
             self.cell.blas.pool.run(part, [(k,) for k in range(1, parts)] + [(0,)])
 
-    def forward(self, f, A, S, cache, sizes, reverse: bool, cuts) -> None:
+    def forward(self, f, A, S, cache, sizes, reverse: bool, cuts, keys=None, P=None) -> None:
         """All steps of ``recurrent._Recurrent._run_direction`` (its arguments; ``cuts`` as
-        ``cuts(N, G)`` gives them, which ``input_product`` laid ``A`` out for)."""
+        ``cuts(N, G)`` gives them, which ``input_product`` laid ``A`` out for). With ``keys
+        (T, N)`` and the projected table ``P`` that ``input_product`` made from them, each
+        step's rows of ``A`` are looked up in ``P`` first."""
         Sc = S[1] if len(S) > 1 else S[0]                         # unused without c
         hn = cache[0] if cache else S[0]
         b_hn = f.b_hn if self.kind == GRU else f.b
@@ -428,18 +439,22 @@ class TimeLoop:
             WhT, panels, R = _NO_WEIGHTS, [], []      # (by the part's thread, in the loop)
             _, cols = self._columns(cuts)
             for k, (rows, scale) in enumerate(cols):
-                P = _packed.panel_count(len(rows))
-                panels.append(self._buf(f"Wh{k}", (P, H, _packed.NR)))
+                panels.append(self._buf(f"Wh{k}", (_packed.panel_count(len(rows)), H,
+                                                   _packed.NR)))
                 R.append(self._buf(f"R{k}", (N, len(rows))))
             W = self.cell.weight_hh
         else:
             WhT, panels, R = f.WhT, [_NO_PANELS], [np.empty((N, G), dtype=A.dtype)]
             W, cols = _NO_WEIGHTS, [(_NO_ROWS, _NO_SCALE)]
         blocks = self.blocks(A, cuts)
+        if keys is None:
+            keys, tables = _NO_KEYS, [A.reshape(-1, G)[:0]] * len(blocks)
+        else:
+            keys, tables = np.ascontiguousarray(keys, dtype=np.int64), self.table_blocks(P, cuts)
         self._run(forward_loop, lambda k, flags: (
             self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags,
             blocks[k], R[k], WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k],
-            cuts[k + 1], W, *cols[k]), cuts)
+            cuts[k + 1], W, *cols[k], tables[k], keys), cuts)
 
     def backward(self, f, A, S, cache, d, gbuf, dout, sizes, reverse: bool, keys=None,
                  sums=None, *, cuts):
