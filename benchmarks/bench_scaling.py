@@ -26,7 +26,8 @@ def main(argv=None):
             configs.append((f"{key} x{mult}", {**BASE, key: BASE[key] * mult}))
     base_us = None
     for name, c in configs:
-        r = compare(args.cell, H=c["H"], B=c["B"], T=c["T"], reps=3, with_torch=False)
+        r = compare(args.cell, H=c["H"], B=c["B"], T=c["T"], reps=3, with_torch=False,
+                    peak_n=0)
         us = r["rnnkit_ms"] * 1e3 / (c["B"] * c["T"])
         base_us = base_us or us
         rows.append({"change": name, **c, "us_per_token": us, "vs_base": us / base_us,

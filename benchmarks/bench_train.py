@@ -94,7 +94,7 @@ def add_shares(row: dict, highest: float | None = None) -> None:
     blocks timed in turns with the steps (``gemm_block``): the two medians saw the same machine,
     where a median step beside a peak taken apart mixes a busy spell with a quiet one. With
     ``highest`` (GFLOP/s, the highest peak measured through a run), also rnnkit's median step
-    against it, the lowest of the views."""
+    against it, lower than its share of the median block."""
     peak = row["gemm_peak_gflops"]
     row["peak_share"] = row["rnnkit_gflops"] / peak
     row["done_peak_share"] = row["rnnkit_done_gflops"] / peak
@@ -117,11 +117,15 @@ def gemm_block(n=1024, count=4):
     return fn, 2.0 * n ** 3 * count
 
 
-def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_torch=True) -> dict:
-    """One configuration: ``reps`` rounds of 2 timed steps each (``common.side_by_side``).
+def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_torch=True,
+            peak_n=1024) -> dict:
+    """One configuration: ``reps`` rounds of 2 timed steps each (``common.timed_in_turns``).
 
     rnnkit runs on NumPy's BLAS, on its packed kernel (with numba) and, when MKL loads, on MKL
-    too; "rnnkit" is whichever ``blas="auto"`` takes on this machine."""
+    too; "rnnkit" is whichever ``blas="auto"`` takes on this machine. A block of GEMMs of order
+    ``peak_n`` takes its turn in every round too, the GEMM peak for ``add_shares``
+    (``gemm_peak_gflops``, the median block, and ``gemm_peak_best_gflops``); ``peak_n=0``
+    leaves it out."""
     step, model = rnnkit_step(cell, V, E, H, L, B, T, blas_name="numpy")
     fns = {"numpy": step}
     if packed.available():
@@ -130,7 +134,8 @@ def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_tor
         fns["mkl"] = rnnkit_step(cell, V, E, H, L, B, T, blas_name="mkl")[0]
     if with_torch:
         fns["theirs"] = torch_step(cell, V, E, H, L, B, T)
-    fns["gemm"], gemm_flops = gemm_block()
+    if peak_n:
+        fns["gemm"], gemm_flops = gemm_block(peak_n)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -145,8 +150,9 @@ def compare(cell, V=65, E=64, H=256, L=2, B=32, T=64, reps=7, warmup=2, with_tor
             row.update({f"{key}_ms": med[name] * 1e3, f"{key}_tok_s": B * T / med[name]})
             if with_torch:
                 row[f"{key}_ratio"] = med["theirs"] / med[name]
-    row["gemm_peak_gflops"] = gemm_flops / med["gemm"] / 1e9          # see add_shares
-    row["gemm_peak_best_gflops"] = gemm_flops / min(times["gemm"]) / 1e9
+    if peak_n:                                                           # see add_shares
+        row["gemm_peak_gflops"] = gemm_flops / med["gemm"] / 1e9
+        row["gemm_peak_best_gflops"] = gemm_flops / min(times["gemm"]) / 1e9
     row["rnnkit_gflops"] = flops / med[auto] / 1e9
     row["rnnkit_done_gflops"] = performed_flops(cell, V, E, H, L, B, T, model) / med[auto] / 1e9
     if with_torch:

@@ -108,7 +108,8 @@ if _fused.available():
     def forward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, R, WhT, bias, b_hn,
                      Sh, Sc, cache, sizes, reverse, j0, j1, W, rows, scale, table, keys):
         """Part ``part`` of one direction's forward loop, ``_Recurrent._run_direction``'s: the
-        hidden units ``[j0, j1)``. ``A`` holds ``x W_ih^T``, the part's block of it
+        hidden units ``[j0, j1)``. ``A`` holds ``x W_ih^T`` (or has each step's rows looked up
+        from ``table``, below), the part's block of it
         (``TimeLoop.blocks``: ``(T, N, gates (j1 - j0))``); ``R`` is scratch for the
         step's recurrent product, ``(N, G)``, or ``(N, gates * (j1 - j0))`` (the part's units);
         states, caches and ``sizes`` (active rows a step) as there. The product is
@@ -448,7 +449,7 @@ class TimeLoop:
             W, cols = _NO_WEIGHTS, [(_NO_ROWS, _NO_SCALE)]
         blocks = self.blocks(A, cuts)
         if keys is None:
-            keys, tables = _NO_KEYS, [A.reshape(-1, G)[:0]] * len(blocks)
+            keys, tables = _NO_KEYS, [A[0, :0]] * len(blocks)    # no table: 0 rows
         else:
             keys, tables = np.ascontiguousarray(keys, dtype=np.int64), self.table_blocks(P, cuts)
         self._run(forward_loop, lambda k, flags: (
@@ -518,7 +519,7 @@ class TimeLoop:
 _NO_PANELS = np.empty((0, 1, _packed.NR), dtype=np.float32)   # the BLAS path: no packed weights
 _NO_WEIGHTS = np.empty((1, 1), dtype=np.float32)               # the packed path: no BLAS weights
 _NO_SCALE = np.empty(0, dtype=np.float32)                       # no columns to pack
-_NO_KEYS = np.empty((0, 0), dtype=np.int64)                     # sums of dZ into one row
+_NO_KEYS = np.empty((0, 0), dtype=np.int64)         # no lookup; sums of dZ into one row
 _NO_ROWS = np.empty(0, dtype=np.int64)                          # no weights to pack
 
 
