@@ -19,10 +19,19 @@ import functools
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
+    """The kernels, compiled by CuPy on first use: ``name -> cupy.ElementwiseKernel``."""
     import cupy  # noqa: PLC0415 - optional extra, imported only on the GPU path
+    return {name: cupy.ElementwiseKernel(params_in, params_out, body, "rnnkit_" + name)
+            for name, (params_in, params_out, body) in kernel_sources().items()}
 
+
+def kernel_sources() -> dict:
+    """Each kernel's CuPy ``ElementwiseKernel`` source, ``name -> (params_in, params_out,
+    body)``: plain strings, no CuPy needed (``tests/test_cuda_kernels_on_cpu.py`` compiles the
+    bodies for the CPU too and checks them against the NumPy kernels). A body runs once for each
+    index ``i`` of ``[0, size)``, over ``raw`` arrays of element type ``T``."""
     def kernel(name, params_in, params_out, body):
-        return cupy.ElementwiseKernel(params_in, params_out, body, "rnnkit_" + name)
+        return params_in, params_out, body
 
     half, one = "((T)0.5)", "((T)1)"
     return {
