@@ -55,6 +55,31 @@ def test_linear_backward_into_a_callers_buffer():
         assert lin._x2 is not None                     # refused before anything was consumed
 
 
+class _FlagsWithoutWriteable:
+    """CuPy's ``ndarray.flags``: c_contiguous, f_contiguous and owndata, no writeable."""
+    c_contiguous, f_contiguous, owndata = True, False, True
+
+
+class _CupyLikeFlags(np.ndarray):
+    @property
+    def flags(self):
+        return _FlagsWithoutWriteable()
+
+
+def test_an_out_buffer_needs_no_writeable_flag():
+    """A GPU array's flags have no ``writeable`` (CuPy's never did): the language model's
+    buffers (``out=`` of the recurrent layers and of the decoder's backward) must not ask."""
+    rng = np.random.default_rng(3)
+    lin = Linear(4, 3, rng=rng, dtype=np.float64)
+    x, dy = rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 5, 3))
+    lin(x)
+    want = lin.backward(dy)
+    lin(x)
+    buf = np.empty((2, 5, 4)).view(_CupyLikeFlags)
+    lin.backward(dy, out=buf)
+    np.testing.assert_allclose(np.asarray(buf), want, rtol=1e-12)
+
+
 def test_linear_without_bias_and_init_bounds():
     rng = np.random.default_rng(1)
     lin = Linear(16, 8, bias=False, rng=rng)

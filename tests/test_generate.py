@@ -15,6 +15,27 @@ def model():
     return m.eval()
 
 
+class _OnTheDevice:
+    """A stand-in for a CuPy array: NumPy refuses to convert one implicitly; ``.get()`` copies
+    it to the host."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def get(self):
+        return self._a
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed")
+
+
+def test_probabilities_of_logits_on_the_device():
+    logits = np.log(np.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    settings = SampleSettings(top_k=3, temperature=0.7)
+    np.testing.assert_array_equal(next_token_probs(_OnTheDevice(logits), settings),
+                                  next_token_probs(logits, settings))
+
+
 def test_top_k_and_top_p_keep_the_right_tokens():
     logits = np.log(np.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
     p = next_token_probs(logits, SampleSettings(top_k=2))

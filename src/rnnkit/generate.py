@@ -38,8 +38,8 @@ class SampleSettings:
 
 def next_token_probs(logits: np.ndarray, settings: SampleSettings) -> np.ndarray:
     """``logits (B, V)`` -> the distribution to draw from ``(B, V)`` (float64), after temperature,
-    top-k and top-p."""
-    z = np.asarray(logits, dtype=np.float64)
+    top-k and top-p. ``logits`` may be on the GPU (they are copied to the host)."""
+    z = np.asarray(to_numpy(logits), dtype=np.float64)
     if settings.temperature != 1.0:
         z = z / settings.temperature
     V = z.shape[-1]

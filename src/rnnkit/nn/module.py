@@ -164,6 +164,7 @@ class Module:
         if tuple(out.shape) != tuple(shape):
             raise ValueError(f"{type(self).__name__}: {name} has shape {tuple(out.shape)}, "
                              f"expected {tuple(shape)}")
-        if not (out.flags.c_contiguous and out.flags.writeable):
+        # CuPy's flags have no ``writeable`` (its arrays always are)
+        if not (out.flags.c_contiguous and getattr(out.flags, "writeable", True)):
             raise ValueError(f"{type(self).__name__}: {name} must be a writeable C-contiguous "
                              f"array")
