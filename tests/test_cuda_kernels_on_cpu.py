@@ -11,102 +11,22 @@ thing where there is a GPU; no session has had one yet.
 """
 from __future__ import annotations
 
-import ctypes
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
+from cuda_on_cpu import compile_kernels, source
 from rnnkit.gradcheck import relative_error
 from rnnkit.nn import GRU, LSTM, RNN, fused_cuda
 
-C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-
-
-def _params(spec):
-    """``"raw T a, int64 H, bool relu"`` -> ``[("raw", "a"), ("int64", "H"), ("bool", "relu")]``."""
-    out = []
-    for p in spec.split(","):
-        words = p.split()
-        out.append(("raw", words[2]) if words[0] == "raw" else (words[0], words[1]))
-    return out
-
-
-def _declare(params):
-    c = {"raw": "T* {}", "int64": "long long {}", "bool": "bool {}"}
-    return ", ".join(c[kind].format(name) for kind, name in params)
-
-
-def _source(device=False):
-    """Every kernel as a C++ (or, with ``device``, CUDA) function of ``(n, params...)``."""
-    lines = ["#include <cmath>", "#include <cstddef>", "using std::tanh;"] if not device else []
-    for name, (ins, outs, body) in fused_cuda.kernel_sources().items():
-        params = _declare(_params(ins) + _params(outs))
-        if device:
-            lines += [f"template <typename T> __global__ void {name}(long long n, {params}) {{",
-                      "  const ptrdiff_t i = blockIdx.x * (ptrdiff_t)blockDim.x + threadIdx.x;",
-                      f"  if (i < n) {{ {body} }}", "}",
-                      f"template __global__ void {name}<float>(long long, "
-                      f"{_declare(_params(ins) + _params(outs)).replace('T*', 'float*')});",
-                      f"template __global__ void {name}<double>(long long, "
-                      f"{_declare(_params(ins) + _params(outs)).replace('T*', 'double*')});"]
-            continue
-        lines += [f"template <typename T> static void {name}_impl(long long n, {params}) {{",
-                  f"  for (ptrdiff_t i = 0; i < n; ++i) {{ {body} }}", "}"]
-        args = ", ".join(n for _, n in _params(ins) + _params(outs))
-        for T in ("float", "double"):
-            typed = params.replace("T*", f"{T}*")
-            lines.append(f'extern "C" void {name}_{T}(long long n, {typed}) '
-                         f'{{ {name}_impl<{T}>(n, {args}); }}')
-    return "\n".join(lines) + "\n"
-
-
-class _CpuKernel:
-    """Called as CuPy's kernel is (``fused_cuda``'s wrappers: inputs, outputs, ``size=``), on
-    NumPy arrays, by the compiled body."""
-
-    def __init__(self, lib, name, params):
-        self.lib, self.name, self.params = lib, name, params
-        CT = {"raw": ctypes.c_void_p, "int64": ctypes.c_longlong, "bool": ctypes.c_bool}
-        for T in ("float", "double"):
-            fn = getattr(lib, f"{name}_{T}")
-            fn.argtypes = [ctypes.c_longlong] + [CT[kind] for kind, _ in params]
-            fn.restype = None
-
-    def __call__(self, *args, size):
-        assert len(args) == len(self.params), (self.name, len(args))
-        arrays = [a for (kind, _), a in zip(self.params, args) if kind == "raw"]
-        dtype = arrays[0].dtype
-        converted = []
-        for (kind, pname), a in zip(self.params, args):
-            if kind == "raw":
-                assert isinstance(a, np.ndarray) and a.dtype == dtype, (self.name, pname)
-                assert a.ndim == 1 and a.flags.c_contiguous, (self.name, pname, a.shape)
-                converted.append(a.ctypes.data)
-            elif kind == "int64":
-                assert isinstance(a, (int, np.integer)), (self.name, pname, type(a))
-                converted.append(int(a))
-            else:
-                assert isinstance(a, (bool, np.bool_)), (self.name, pname, type(a))
-                converted.append(bool(a))
-        getattr(self.lib, f"{self.name}_{C_TYPES[dtype]}")(int(size), *converted)
-
-
 @pytest.fixture(scope="module")
 def cpu_kernels(tmp_path_factory):
-    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if cxx is None:
+    kernels = compile_kernels(tmp_path_factory.mktemp("cuda_on_cpu"))
+    if kernels is None:
         pytest.skip("needs a C++ compiler")
-    folder = tmp_path_factory.mktemp("cuda_on_cpu")
-    (folder / "kernels.cpp").write_text(_source())
-    lib = folder / "kernels.so"
-    done = subprocess.run([cxx, "-O1", "-shared", "-fPIC", "-o", str(lib),
-                           str(folder / "kernels.cpp")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    dll = ctypes.CDLL(str(lib))
-    return {name: _CpuKernel(dll, name, _params(ins) + _params(outs))
-            for name, (ins, outs, _) in fused_cuda.kernel_sources().items()}
+    return kernels
 
 
 LAYERS = {"rnn_tanh": (RNN, {}), "rnn_relu": (RNN, {"nonlinearity": "relu"}), "lstm": (LSTM, {}),
@@ -156,7 +76,7 @@ def test_the_gpu_kernels_compile_for_the_device(tmp_path):
     """Each body, in a CUDA kernel of its own for float and double, compiles to PTX (CuPy wraps
     it much as this does; this catches what is not CUDA C++ in a body)."""
     src = tmp_path / "kernels.cu"
-    src.write_text(_source(device=True))
+    src.write_text(source(device=True))
     done = subprocess.run(["nvcc", "--ptx", "-o", str(tmp_path / "kernels.ptx"), str(src)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -1,21 +1,46 @@
 """The GPU path (CuPy): the same layers and models on device='cuda' give the CPU's numbers.
 
-Skipped where CuPy or an NVIDIA GPU is absent (CI has neither). Both GPU implementations of the
-cells' elementwise work are checked: the fused CuPy kernels and CuPy's ufuncs.
+Each test runs twice: on an NVIDIA GPU with CuPy (skipped where there is none; CI has neither),
+and on a stand-in for CuPy on the CPU (``cupy_standin.py``: NumPy arrays that behave as CuPy's
+where code written for NumPy trips, with ``fused_cuda``'s kernels compiled for the CPU), which
+runs everywhere there is a C++ compiler. Both GPU implementations of the cells' elementwise
+work are checked: the fused CuPy kernels and CuPy's ufuncs.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import cupy_standin
+from cuda_on_cpu import compile_kernels
 from rnnkit.backend import cuda_available, to_numpy
+from rnnkit.cli.main import main as cli_main
+from rnnkit.generate import SampleSettings, generate, generate_batch
 from rnnkit.gradcheck import relative_error
 from rnnkit.models.language_model import LanguageModel, LMConfig, Stepper
 from rnnkit.nn import GRU, LSTM, RNN
 from rnnkit.optim import Adam
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not cuda_available(), reason="needs CuPy and an NVIDIA GPU")]
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def standin_kernels(tmp_path_factory):
+    return compile_kernels(tmp_path_factory.mktemp("standin_kernels"))
+
+
+@pytest.fixture(params=["gpu", "stand-in"], autouse=True)
+def cuda(request, monkeypatch):
+    """``device='cuda'`` on the GPU, or on the stand-in for CuPy."""
+    if request.param == "gpu":
+        if not cuda_available():
+            pytest.skip("needs CuPy and an NVIDIA GPU")
+        return
+    kernels = request.getfixturevalue("standin_kernels")
+    if kernels is None:
+        pytest.skip("the stand-in's kernels need a C++ compiler")
+    cupy_standin.install(monkeypatch, kernels)
+
 
 LAYERS = {"rnn_tanh": (RNN, {}), "rnn_relu": (RNN, {"nonlinearity": "relu"}), "lstm": (LSTM, {}),
           "gru": (GRU, {})}
@@ -77,3 +102,49 @@ def test_language_model_training_and_sampling_on_the_gpu(cell):
             a = steppers[0].step(ids)
             b = to_numpy(steppers[1].step(models[1].xp.asarray(ids)))
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("settings", [SampleSettings(length=12, temperature=0.8),
+                                      SampleSettings(length=12, top_k=3, top_p=0.9)])
+def test_sampling_on_the_gpu_draws_the_cpu_tokens(settings):
+    """The same seed draws the same text on both devices (float64: the logits agree to far
+    below any gap between two tokens' cumulative probabilities), one stream and many."""
+    cfg = LMConfig(vocab_size=13, cell="lstm", embedding_size=6, hidden_size=10, num_layers=2,
+                   dropout=0.0, dtype="float64")
+    models = [LanguageModel(cfg, rng=np.random.default_rng(4), device=d).eval()
+              for d in ("cpu", "cuda")]
+    one = [list(generate(m, [1, 2, 3], settings, np.random.default_rng(7))) for m in models]
+    assert one[0] == one[1]
+    many = [generate_batch(m, [5], settings, np.random.default_rng(8), num_samples=4)
+            for m in models]
+    np.testing.assert_array_equal(many[0], to_numpy(many[1]))
+
+
+def test_the_command_line_trains_samples_and_evaluates_on_the_gpu(tmp_path, capsys):
+    """``--device cuda`` end to end: training with checkpoints, then sampling and evaluation
+    from the checkpoint on the GPU give what they give on the CPU."""
+    text = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to "
+            "suffer\n") * 40
+    data = tmp_path / "input.txt"
+    data.write_text(text, encoding="utf-8")
+    small = ["--hidden-size", "12", "--embedding-size", "6", "--batch-size", "4", "--bptt", "12",
+             "--no-progress", "--sample-length", "10", "--max-steps", "6", "--eval-interval",
+             "3", "--seed", "3", "--dtype", "float64"]
+    runs = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        assert cli_main(["train", "--data", str(data), "--out", str(out), "--device", device,
+                         *small]) == 0
+        runs[device] = out
+    capsys.readouterr()
+    for device, out in runs.items():
+        assert cli_main(["sample", str(out / "best.npz"), "--device", device, "--length", "30",
+                         "--seed", "5", "--prime", "To be"]) == 0
+    texts = capsys.readouterr().out
+    half = len(texts) // 2
+    assert texts[:half] == texts[half:]
+    for device, out in runs.items():
+        assert cli_main(["eval", str(out / "best.npz"), "--data", str(data), "--device",
+                         device]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) % 2 == 0 and lines[:len(lines) // 2] == lines[len(lines) // 2:]
