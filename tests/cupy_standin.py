@@ -5,7 +5,9 @@ bitten code written for NumPy:
 
 - an array is not a ``numpy.ndarray``, and NumPy will not convert one implicitly
   (``np.asarray(a)`` raises ``TypeError``, as CuPy's does); ``.get()`` copies it to the host;
-- NumPy arrays do not mix with it in arithmetic, ufuncs or ``out=`` (CuPy raises ``TypeError``);
+- NumPy arrays (0-d ones too) do not mix with it in arithmetic, ufuncs or ``out=`` (CuPy raises
+  ``TypeError``), nor fill a basic selection of it (``a[1:3] = host`` is CuPy's ``fill``);
+- reductions, elements and iteration give 0-d arrays, not scalars;
 - its ``flags`` have ``c_contiguous``, ``f_contiguous`` and ``owndata`` only;
 - ``take`` has no ``mode``;
 - NumPy functions called on it dispatch to the stand-in, as CuPy's arrays make them do.
@@ -38,14 +40,20 @@ def _unwrap(x, host_ok=True):
         return x._a
     if isinstance(x, (list, tuple)):
         return type(x)(_unwrap(v, host_ok) for v in x)
-    if not host_ok and isinstance(x, np.ndarray) and x.ndim > 0:
+    if isinstance(x, dict):
+        return {k: _unwrap(v, host_ok) for k, v in x.items()}
+    if not host_ok and isinstance(x, np.ndarray):        # 0-d ones too
         raise TypeError(_MIX)
     return x
 
 
 def _wrap(x):
+    """Arrays and NumPy scalars as stand-in arrays (CuPy gives a 0-d array where NumPy gives a
+    scalar: a reduction, an element, an item of an iteration)."""
     if isinstance(x, np.ndarray):
         return ndarray(x)
+    if isinstance(x, np.generic):
+        return ndarray(np.asarray(x))
     if isinstance(x, tuple):
         return tuple(_wrap(v) for v in x)
     if isinstance(x, list):
@@ -101,6 +109,12 @@ class ndarray:                                            # noqa: N801 - CuPy's 
     def __repr__(self):
         return f"stand-in cupy array({self._a!r})"
 
+    def __str__(self):
+        return str(self._a)
+
+    def __format__(self, spec):
+        return format(self._a.item() if self._a.ndim == 0 else self._a, spec)
+
     def __float__(self):
         return float(self._a)
 
@@ -117,6 +131,12 @@ class ndarray:                                            # noqa: N801 - CuPy's 
         return _wrap(self._a[_unwrap(key)])
 
     def __setitem__(self, key, value):
+        parts = key if isinstance(key, tuple) else (key,)
+        basic = all(k is None or k is Ellipsis or isinstance(k, (int, np.integer, slice))
+                    for k in parts)
+        if basic and isinstance(value, (np.ndarray, list)) and np.ndim(value) > 0:
+            # CuPy fills a basic selection from a scalar only
+            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
         self._a[_unwrap(key)] = _unwrap(value)
 
     def __getattr__(self, name):                  # methods: sum, reshape, astype, max, ...
@@ -125,9 +145,9 @@ class ndarray:                                            # noqa: N801 - CuPy's 
             return _wrap(attr)
 
         def method(*args, **kwargs):
-            if "out" in kwargs:
-                kwargs["out"] = _unwrap(kwargs["out"], False)
-            return _wrap(attr(*_unwrap(args, False), **_unwrap(kwargs, False)))
+            out = kwargs.get("out")
+            result = attr(*_unwrap(args, False), **_unwrap(kwargs, False))
+            return out if out is not None else _wrap(result)
         return method
 
 
@@ -274,6 +294,8 @@ def install(monkeypatch, kernels=None):
 
     from rnnkit.nn import fused_cuda  # noqa: PLC0415
     module = _module(kernels)
+    for name in [n for n in sys.modules if n.startswith("cupy.") or n.startswith("cupyx")]:
+        monkeypatch.delitem(sys.modules, name)          # no part of a real CuPy mixed in
     monkeypatch.setitem(sys.modules, "cupy", module)
     monkeypatch.setattr(fused_cuda, "_kernels",
                         functools.lru_cache(maxsize=None)(fused_cuda._kernels.__wrapped__))

@@ -106,7 +106,10 @@ def kernel_sources() -> dict:
 
 
 def _flat(block):
-    """A contiguous block as one axis (a view)."""
+    """A contiguous block as one axis (a view: the kernel writes into it; ``reshape`` of a
+    block that is not contiguous would be a copy, and the writes lost)."""
+    if not block.flags.c_contiguous:
+        raise ValueError("fused_cuda: a kernel's array must be a contiguous block")
     return block.reshape(-1)
 
 
