@@ -140,15 +140,29 @@ class ndarray:                                            # noqa: N801 - CuPy's 
         self._a[_unwrap(key)] = _unwrap(value)
 
     def __getattr__(self, name):                  # methods: sum, reshape, astype, max, ...
+        if name not in _METHODS:
+            raise AttributeError(f"the stand-in's arrays have no {name!r} (CuPy's may: add it "
+                                 f"to _METHODS if so)")
         attr = getattr(self._a, name)
         if not callable(attr):
             return _wrap(attr)
 
         def method(*args, **kwargs):
+            refused = _NOT_CUPY.intersection(kwargs)
+            if refused:
+                raise TypeError(f"{name}() got an unexpected keyword argument {refused.pop()!r}")
             out = kwargs.get("out")
             result = attr(*_unwrap(args, False), **_unwrap(kwargs, False))
             return out if out is not None else _wrap(result)
         return method
+
+
+# the methods of CuPy's ndarray that the stand-in passes on to NumPy's, and keywords NumPy's
+# methods take that CuPy's do not
+_METHODS = frozenset("""all any argmax argmin argsort astype clip copy cumsum dot fill flatten
+    item max mean min nonzero prod ravel repeat reshape round sort squeeze std sum swapaxes take
+    tolist transpose var view""".split())
+_NOT_CUPY = frozenset({"where", "initial", "mode"})
 
 
 def _binary(op, reflected=False, inplace=False):
