@@ -9,7 +9,7 @@ bitten code written for NumPy:
   ``TypeError``), nor fill a basic selection of it (``a[1:3] = host`` is CuPy's ``fill``);
 - reductions, elements and iteration give 0-d arrays, not scalars;
 - its ``flags`` have ``c_contiguous``, ``f_contiguous`` and ``owndata`` only;
-- ``take`` has no ``mode``;
+- ``take`` has no ``mode``, and wraps an index out of range round (CuPy does not check);
 - NumPy functions called on it dispatch to the stand-in, as CuPy's arrays make them do.
 
 ``ElementwiseKernel`` takes the kernels that ``test_cuda_kernels_on_cpu`` compiles from
@@ -242,9 +242,10 @@ def asnumpy(a):
 
 
 def take(a, indices, axis=None, out=None, mode=None):
+    """CuPy's ``take``: no ``mode``, and an index out of range wraps round."""
     if mode is not None:
         raise TypeError("take() got an unexpected keyword argument 'mode'")   # CuPy has none
-    res = np.take(_unwrap(a, False), _unwrap(indices), axis=axis,
+    res = np.take(_unwrap(a, False), _unwrap(indices), axis=axis, mode="wrap",
                   out=None if out is None else _unwrap(out, False))
     return out if out is not None else _wrap(res)
 

@@ -161,3 +161,15 @@ def test_the_gpu_benchmarks_step_trains():
     step = bench_gpu.rnnkit_gpu_step("lstm", V=7, E=4, H=8, L=2, B=3, T=5, seed=1)
     losses = [step() for _ in range(100)]
     assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0]
+
+
+def test_stepping_an_id_out_of_range_is_refused_on_the_gpu():
+    """CuPy's ``take`` wraps an id out of range round where NumPy's refuses it: the stepper
+    checks on the GPU."""
+    cfg = LMConfig(vocab_size=5, cell="gru", embedding_size=3, hidden_size=4, num_layers=1)
+    model = LanguageModel(cfg, rng=np.random.default_rng(0), device="cuda").eval()
+    stepper = Stepper(model, batch_size=2)
+    stepper.step(model.xp.asarray(np.array([0, 4])))
+    for bad in ([0, 5], [-1, 2]):
+        with pytest.raises(IndexError, match="ids must lie"):
+            stepper.step(model.xp.asarray(np.array(bad)))

@@ -222,6 +222,9 @@ class Stepper:
     def step(self, ids):
         """Feed one token per stream; return the next-token logits ``(B, V)``."""
         xp, B = self.model.xp, self.B
+        if xp is not np and not 0 <= int(ids.min()) <= int(ids.max()) < len(self._emb_proj):
+            # NumPy's take below refuses an id out of range; CuPy's would wrap it round
+            raise IndexError(f"Stepper.step: ids must lie in [0, {len(self._emb_proj)})")
         L = len(self.cells)
         for k in range(L):
             cell, f, A, S, tmp = self.cells[k], self.fused[k], self._A[k], self.S[k], self._tmp[k]
