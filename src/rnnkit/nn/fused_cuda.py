@@ -27,9 +27,10 @@ def _kernels():
 
 def kernel_sources() -> dict:
     """Each kernel's CuPy ``ElementwiseKernel`` source, ``name -> (params_in, params_out,
-    body)``: plain strings, no CuPy needed (``tests/test_cuda_kernels_on_cpu.py`` compiles the
-    bodies for the CPU too and checks them against the NumPy kernels). A body runs once for each
-    index ``i`` of ``[0, size)``, over ``raw`` arrays of element type ``T``."""
+    body)``: plain strings, no CuPy needed (``tests/cuda_on_cpu.py`` compiles the bodies for
+    the CPU too, and ``tests/test_gpu.py`` runs them on a stand-in for CuPy against the NumPy
+    kernels). A body runs once for each index ``i`` of ``[0, size)``, over ``raw`` arrays of
+    element type ``T``."""
     def kernel(name, params_in, params_out, body):
         return params_in, params_out, body
 

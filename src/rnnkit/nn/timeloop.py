@@ -283,15 +283,20 @@ class TimeLoop:
         units' four gate blocks in every row of the whole buffer were 128 runs of 512 bytes a
         step at H=256, and the forward kernel took 19-31 us a step on them against 9-17 from
         one block); with one part, ``A`` itself, laid out whole."""
+        return self._split(A, cuts)
+
+    def _split(self, X, cuts):
+        """``X (..., G)`` cut into the parts' blocks, ``(..., gates W)`` each, one after the
+        other in ``X``'s memory; ``[X]`` for one part."""
         if len(cuts) == 2:
-            return [A]
-        if not A.flags.c_contiguous:
-            raise ValueError("TimeLoop.blocks: A must be C-contiguous")
-        T, N, _ = A.shape
-        gates, flat, out, off = self.cell.gates, A.reshape(-1), [], 0
+            return [X]
+        if not X.flags.c_contiguous:
+            raise ValueError("TimeLoop: a buffer laid out in blocks must be C-contiguous")
+        lead, gates, flat, out, off = X.shape[:-1], self.cell.gates, X.reshape(-1), [], 0
         for j0, j1 in zip(cuts, cuts[1:]):
-            size = T * N * gates * (j1 - j0)
-            out.append(flat[off:off + size].reshape(T, N, gates * (j1 - j0)))
+            shape = (*lead, gates * (j1 - j0))
+            size = int(np.prod(shape))
+            out.append(flat[off:off + size].reshape(shape))
             off += size
         return out
 
@@ -338,14 +343,7 @@ class TimeLoop:
         """Each part's block of a projected table ``P (V, G)``, ``(V, gates W)`` for its ``W``
         units, one after the other in ``P``'s memory (as ``blocks`` lays out ``A``); with one
         part, ``P`` itself."""
-        if len(cuts) == 2:
-            return [P]
-        V, gates, flat, out, off = P.shape[0], self.cell.gates, P.reshape(-1), [], 0
-        for j0, j1 in zip(cuts, cuts[1:]):
-            size = V * gates * (j1 - j0)
-            out.append(flat[off:off + size].reshape(V, gates * (j1 - j0)))
-            off += size
-        return out
+        return self._split(P, cuts)
 
     def input_grad(self, f, dZ, out, cuts) -> None:
         """``out (M, D) = dZ W_ih`` for the gate gradients in ``dZ``: ``(T, N, G)`` in the
