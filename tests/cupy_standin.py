@@ -12,8 +12,8 @@ bitten code written for NumPy:
 - ``take`` has no ``mode``, and wraps an index out of range round (CuPy does not check);
 - NumPy functions called on it dispatch to the stand-in, as CuPy's arrays make them do.
 
-``ElementwiseKernel`` takes the kernels that ``test_cuda_kernels_on_cpu`` compiles from
-``fused_cuda``'s CUDA sources. What this cannot tell is whether CuPy supports a call it lets
+``ElementwiseKernel`` takes the kernels that ``cuda_on_cpu`` compiles from ``fused_cuda``'s
+CUDA sources. What this cannot tell is whether CuPy supports a call it lets
 through (the stand-in is permissive where unsure) or how fast anything is: a real GPU still has
 the last word (``tests/test_gpu.py`` runs on one when there is one).
 """
@@ -34,8 +34,8 @@ class _Flags:
 
 
 def _unwrap(x, host_ok=True):
-    """The NumPy array inside a stand-in array (in lists and tuples too); with ``host_ok``
-    False, a NumPy array (not a 0-d one) is refused as CuPy refuses it."""
+    """The NumPy array inside a stand-in array (in lists, tuples and dicts too); with
+    ``host_ok`` False, a NumPy array (0-d ones too) is refused as CuPy refuses it."""
     if isinstance(x, ndarray):
         return x._a
     if isinstance(x, (list, tuple)):
@@ -259,7 +259,7 @@ def _creation(fn):
 
 def _module(kernels=None):
     """The stand-in module, to put in ``sys.modules["cupy"]``; ``kernels`` (name -> callable
-    on NumPy arrays, as ``test_cuda_kernels_on_cpu`` makes) backs ``ElementwiseKernel``."""
+    on NumPy arrays, as ``cuda_on_cpu.compile_kernels`` makes) backs ``ElementwiseKernel``."""
     m = types.ModuleType("cupy")
     m.__doc__ = __doc__
     m.ndarray, m.asarray, m.array, m.asnumpy, m.take = ndarray, asarray, array, asnumpy, take
@@ -267,8 +267,8 @@ def _module(kernels=None):
     for name in ("empty", "zeros", "ones", "full", "arange", "empty_like", "zeros_like",
                  "ones_like", "full_like", "concatenate", "stack", "where", "flatnonzero",
                  "argsort", "argmax", "sum", "mean", "vdot", "dot", "clip", "sort", "cumsum",
-                 "isfinite", "any", "all", "sqrt", "abs", "broadcast_to", "linspace",
-                 "expand_dims", "squeeze", "transpose", "count_nonzero", "unique", "isnan"):
+                 "any", "all", "broadcast_to", "linspace", "expand_dims", "squeeze",
+                 "transpose", "count_nonzero", "unique"):
         setattr(m, name, _creation(getattr(np, name)))
     for name in ("multiply", "subtract", "add", "divide", "true_divide", "maximum", "minimum",
                  "tanh", "exp", "log", "greater", "less", "negative", "square", "power",
@@ -279,7 +279,7 @@ def _module(kernels=None):
     for name in ("float16", "float32", "float64", "int32", "int64", "bool_", "uint8", "dtype",
                  "newaxis", "inf", "nan", "pi", "integer", "floating"):
         setattr(m, name, getattr(np, name))
-    m.get_array_module = lambda *arrays: m
+    m.get_array_module = lambda *arrays: m if any(isinstance(a, ndarray) for a in arrays) else np
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
     m.cuda = types.SimpleNamespace(runtime=runtime, Device=lambda *a: types.SimpleNamespace(
         synchronize=lambda: None), Stream=types.SimpleNamespace(null=types.SimpleNamespace(
