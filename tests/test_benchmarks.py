@@ -1,16 +1,7 @@
 """The benchmarks' bookkeeping, on a tiny model and without PyTorch: the figures a row carries,
 the shares of the GEMM peak, and the report's table. Nothing here is timed against anything: a
 run of ``run_all.py`` takes ten minutes, and a report that breaks at its end loses all of it."""
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-bench_train = pytest.importorskip("bench_train")
-run_all = pytest.importorskip("run_all")
 
 MACHINE = {"cpu": "test cpu", "cores": 2, "python": "3", "numpy": "2", "torch": "none",
            "numba": True, "blas": "numpy", "blas_large_lm": "packed",
@@ -18,7 +9,17 @@ MACHINE = {"cpu": "test cpu", "cores": 2, "python": "3", "numpy": "2", "torch": 
 
 
 @pytest.fixture(scope="module")
-def row():
+def bench_train(import_benchmark):
+    return import_benchmark("bench_train")
+
+
+@pytest.fixture(scope="module")
+def run_all(import_benchmark):
+    return import_benchmark("run_all")
+
+
+@pytest.fixture(scope="module")
+def row(bench_train):
     r = bench_train.compare("lstm", V=11, E=4, H=8, L=1, B=2, T=3, reps=1, warmup=1,
                             with_torch=False, peak_n=64)
     bench_train.add_shares(r, highest=r["gemm_peak_best_gflops"])
@@ -30,7 +31,7 @@ def test_a_row_has_its_peak_timed_in_turns(row):
     assert row["rnnkit_tok_s"] == pytest.approx(2 * 3 / (row["rnnkit_ms"] / 1e3))
 
 
-def test_a_row_can_leave_the_peak_out():
+def test_a_row_can_leave_the_peak_out(bench_train):
     r = bench_train.compare("rnn", V=5, E=2, H=4, L=1, B=2, T=2, reps=1, warmup=1,
                             with_torch=False, peak_n=0)
     assert "gemm_peak_gflops" not in r and r["rnnkit_gflops"] > 0
@@ -46,7 +47,7 @@ def test_shares_are_the_rates_over_the_peaks(row):
     assert "torch_peak_share" not in row                  # no PyTorch in this row
 
 
-def test_products_done_count_the_lookup():
+def test_products_done_count_the_lookup(bench_train):
     """A folded first layer does its input products on the V rows of the table."""
     class Rnn:
         def _folds(self, V, N, T):
@@ -60,7 +61,7 @@ def test_products_done_count_the_lookup():
     assert full - done == 6 * (32 * 64 - 65) * 64 * 4 * 256
 
 
-def test_the_report_fills_every_column_it_has_figures_for(row):
+def test_the_report_fills_every_column_it_has_figures_for(row, run_all):
     theirs = dict(row, torch_tok_s=1.0, ratio=1.0, ratio_best=1.0, numpy_blas_ratio=1.0,
                   packed_ratio=1.0, torch_peak_share=0.5)
     res = {"machine": MACHINE, "train": [theirs],

@@ -148,17 +148,10 @@ def test_the_command_line_trains_samples_and_evaluates_on_the_gpu(tmp_path, caps
         assert printed["cpu"].strip() and printed["cpu"] == printed["cuda"]
 
 
-def test_the_gpu_benchmarks_step_trains():
+def test_the_gpu_benchmarks_step_trains(import_benchmark):
     """``bench_gpu.py``'s rnnkit step (its CuPy calls included), on a tiny model: the loss on
     its batch falls as Adam steps."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    try:
-        import bench_gpu
-    finally:
-        sys.path.pop(0)
-    step = bench_gpu.rnnkit_gpu_step("lstm", V=7, E=4, H=8, L=2, B=3, T=5, seed=1)
+    step = import_benchmark("bench_gpu").rnnkit_gpu_step("lstm", V=7, E=4, H=8, L=2, B=3, T=5, seed=1)
     losses = [step() for _ in range(100)]
     assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0]
 
