@@ -157,12 +157,12 @@ def test_the_gpu_benchmarks_step_trains(import_benchmark):
 
 
 def test_stepping_an_id_out_of_range_is_refused_on_the_gpu():
-    """CuPy's ``take`` wraps an id out of range round where NumPy's refuses it: the stepper
-    checks on the GPU."""
+    """CuPy's ``take`` wraps an id out of range round where NumPy's refuses it, and both take a
+    negative id from the end: the stepper checks."""
     cfg = LMConfig(vocab_size=5, cell="gru", embedding_size=3, hidden_size=4, num_layers=1)
     model = LanguageModel(cfg, rng=np.random.default_rng(0), device="cuda").eval()
     stepper = Stepper(model, batch_size=2)
     stepper.step(model.xp.asarray(np.array([0, 4])))
     for bad in ([0, 5], [-1, 2]):
-        with pytest.raises(IndexError, match="ids must lie"):
+        with pytest.raises(ValueError, match="ids must lie"):
             stepper.step(model.xp.asarray(np.array(bad)))

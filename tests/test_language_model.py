@@ -112,6 +112,20 @@ def test_stepper_equals_forward(cell, layers):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_stepper_refuses_ids_it_cannot_look_up():
+    """A negative id would be taken from the end of the table, silently; a float, a wrong
+    batch or an id past the vocabulary is refused too, with one message."""
+    model = small().eval()
+    V = model.config.vocab_size
+    stepper = Stepper(model, batch_size=2)
+    stepper.step(np.array([0, V - 1]))
+    for bad, match in (([0, -1], "must lie in"), ([V, 0], "must lie in"),
+                       ([0.0, 1.0], "integer array"), ([0, 1, 2], r"shape \(2,\)"),
+                       ([[0, 1]], r"shape \(2,\)")):
+        with pytest.raises(ValueError, match=match):
+            stepper.step(np.array(bad))
+
+
 def test_stepper_of_a_packed_model():
     """blas="packed": the model trains on the packed kernel, the stepper multiplies with NumPy
     (packing the weights at every step would cost more than the step); same logits."""

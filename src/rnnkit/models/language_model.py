@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from ..blas import for_model, get_blas
+from ..nn.basic import check_ids
 from ..nn import GRU, LSTM, RNN, Dropout, Embedding, Linear, Module, SoftmaxCrossEntropy
 
 CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
@@ -222,9 +223,12 @@ class Stepper:
     def step(self, ids):
         """Feed one token per stream; return the next-token logits ``(B, V)``."""
         xp, B = self.model.xp, self.B
-        if xp is not np and not 0 <= int(ids.min()) <= int(ids.max()) < len(self._emb_proj):
-            # NumPy's take below refuses an id out of range; CuPy's would wrap it round
-            raise IndexError(f"Stepper.step: ids must lie in [0, {len(self._emb_proj)})")
+        if getattr(ids, "shape", None) != (B,):
+            raise ValueError(f"Stepper.step: ids must have shape ({B},), got "
+                             f"{getattr(ids, 'shape', type(ids).__name__)}")
+        # the lookup below would take a negative id from the end (NumPy and CuPy alike) and
+        # wrap one past the end round (CuPy): refused here, for about 1 us a step at batch 1
+        check_ids(ids, len(self._emb_proj), "Stepper.step")
         L = len(self.cells)
         for k in range(L):
             cell, f, A, S, tmp = self.cells[k], self.fused[k], self._A[k], self.S[k], self._tmp[k]
