@@ -304,3 +304,23 @@ def test_language_model_training_step_on_mkl_equals_numpy(cell, monkeypatch, sma
     np.testing.assert_allclose(res["mkl"][0], res["numpy"][0], rtol=1e-5)
     for got, want in zip(res["mkl"][1], res["numpy"][1]):
         assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+
+
+# -- transposed copies ---------------------------------------------------------------------------
+@pytest.mark.parametrize("by", ["omatcopy", "NumPy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_into_a_block_of_columns(by, dtype, monkeypatch):
+    """``out = alpha a^T`` into a block of a wider array's columns, whether NumPy's OpenBLAS
+    does it (``omatcopy``) or NumPy does, in blocks of 64 rows; exact for a power of two."""
+    if by == "omatcopy" and dtype not in {np.dtype(k).type for k in blas._omatcopy()}:
+        pytest.skip("NumPy's OpenBLAS has no omatcopy here")
+    if by == "NumPy":
+        monkeypatch.setattr(blas, "_omatcopy", lambda: {})
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((150, 40)).astype(dtype)
+    wide = np.full((40, 400), 7.0, dtype=dtype)
+    blas.transpose_into(a, 0.5, wide[:, 100:250])
+    np.testing.assert_array_equal(wide[:, 100:250], 0.5 * a.T)
+    assert (wide[:, :100] == 7).all() and (wide[:, 250:] == 7).all()       # nothing else
+    blas.transpose_into(a[10:20, 5:], 1.0, wide[5:, :10])                # strided rows too
+    np.testing.assert_array_equal(wide[5:, :10], a[10:20, 5:].T)

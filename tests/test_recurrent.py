@@ -337,3 +337,24 @@ def test_forward_into_a_callers_buffer(batch_first, lengths):
                      (np.empty(shape[::-1], np.float32).T, "C-contiguous")):
         with pytest.raises(ValueError, match=why):
             layer(x, out=bad)
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_weights_are_the_parameters_reordered_and_scaled(kind, dtype):
+    """``Fused``'s matrices, from their definition; they are written over buffers the cell
+    keeps, so a second ``fused()`` after the parameters change gives the new ones."""
+    cls, kw = CELLS[kind]
+    cell = cls(6, 5, rng=np.random.default_rng(0), dtype=dtype, **kw)
+    for step in range(2):
+        f = cell.fused()
+        order = np.arange(cell.gates * 5) if f.order is None else np.asarray(f.order)
+        scale = np.asarray(f.scale)[:, None]
+        Wx, Wh = cell.weight_ih[order], cell.weight_hh[order]
+        np.testing.assert_array_equal(f.Wx, Wx)
+        np.testing.assert_array_equal(f.Wh, Wh)
+        np.testing.assert_array_equal(f.WxT, (Wx * scale).T)
+        np.testing.assert_array_equal(f.WhT, (Wh * scale).T)
+        assert f.WhT.flags.c_contiguous and f.WxT.dtype == f.WhT.dtype == dtype
+        for p in cell.params:                       # as an optimizer's step would
+            p -= 0.25 * np.random.default_rng(step).standard_normal(p.shape).astype(dtype)
