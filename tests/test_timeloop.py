@@ -202,16 +202,38 @@ def test_packed_loop_keeps_float64_on_numpys_blas():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", list(LAYERS))
-def test_compiled_loop_on_each_blas(monkeypatch, kind, backend):
-    """MKL's GEMM is called by address too (32-bit integers, where NumPy's OpenBLAS has 64)."""
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("lengths", [None, np.array([6, 2, 6, 5])])
+def test_compiled_loop_on_each_blas(monkeypatch, kind, backend, dtype, tol, lengths):
+    """MKL's GEMM is called by address too (32-bit integers, where NumPy's OpenBLAS has 64),
+    and so is its product by a packed ``W_hh``, for the steps that have all rows (a step
+    with fewer, where shorter sequences have ended, takes the plain GEMM)."""
     rng = np.random.default_rng(3)
     cls, extra = LAYERS[kind]
-    inputs = (rng.standard_normal((4, 6, 5)), None, None, rng.standard_normal((4, 6, 64)), None)
+    inputs = (rng.standard_normal((4, 6, 5)).astype(dtype), None, lengths,
+              rng.standard_normal((4, 6, 64)).astype(dtype), None)
     compiled, python = both_loops(monkeypatch, lambda: cls(
-        5, 64, num_layers=2, dtype=np.float64, rng=np.random.default_rng(1), blas=backend,
+        5, 64, num_layers=2, dtype=dtype, rng=np.random.default_rng(1), blas=backend,
         **extra), inputs)
     for a, b in zip(compiled, python):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(blas.load_mkl() is None, reason="needs MKL (rnnkit[mkl])")
+def test_mkl_loop_packs_w_hh_once_a_pass_into_one_buffer():
+    """On MKL the loop multiplies by ``W_hh`` packed by MKL, into a buffer the loop keeps: the
+    forward and the backward pass take turns with it, and it never moves (a fresh one every
+    call would cost its page faults). What it computes there: the tests above."""
+    layer = LSTM(5, 16, dtype=np.float32, blas="mkl", rng=np.random.default_rng(0))
+    loop = TimeLoop.for_cell(layer.cells[0][0])
+    assert loop.caddr != 0 and not loop.packed
+    x, dout = np.ones((3, 4, 5), np.float32), np.ones((3, 4, 16), np.float32)
+    layer(x)
+    kept = loop._ws["mkl"]
+    for _ in range(2):
+        layer(x)
+        layer.backward(dout)
+        assert loop._ws["mkl"] is kept
 
 
 def test_compiled_loop_is_used_where_it_can_be():

@@ -30,7 +30,7 @@ import numpy as np
 from .. import jitcache
 from .. import packed as _packed
 from .. import spin as _spin
-from ..blas import _cores
+from ..blas import _NOTRANS, _PACKED, _ROW, _cores
 from . import fused as _fused
 
 RNN, LSTM, GRU = 0, 1, 2
@@ -65,6 +65,26 @@ if _fused.available():
             return context.get_dummy_value()
         return sig, codegen
 
+    @intrinsic
+    def _cblas_compute(typingctx, addr, m, n, k, a, lda, b, ldb, beta, c, ldc):
+        """MKL's ``cblas_?gemm_compute(RowMajor, NoTrans, Packed, m, n, k, a, lda, b, ldb,
+        beta, c, ldc)`` at address ``addr``: ``C = A B + beta C`` with ``B`` packed by
+        ``blas.MklBlas.pack_b``; types as ``_cblas_gemm``'s (MKL's are 32-bit)."""
+        sig = types.void(addr, m, n, k, a, lda, b, ldb, beta, c, ldc)
+
+        def codegen(context, builder, sig, args):
+            ptr = ir.IntType(8).as_pointer()
+            I, F = context.get_value_type(sig.args[1]), context.get_value_type(sig.args[8])
+            fnty = ir.FunctionType(ir.VoidType(), [I, I, I, I, I, I, ptr, I, ptr, I, F, ptr, I])
+            fn = builder.inttoptr(args[0], fnty.as_pointer())
+            enum = [ir.Constant(I, v) for v in (_ROW, _NOTRANS, _PACKED)]
+            m_, n_, k_, a_, la, b_, lb, be, c_, lc = args[1:]
+            builder.call(fn, enum + [m_, n_, k_, builder.inttoptr(a_, ptr), la,
+                                     builder.inttoptr(b_, ptr), lb, be,
+                                     builder.inttoptr(c_, ptr), lc])
+            return context.get_dummy_value()
+        return sig, codegen
+
     _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 
     @_jit
@@ -83,6 +103,19 @@ if _fused.available():
         else:
             _cblas_gemm(addr, np.int32(m), np.int32(n), np.int32(k), one, a, np.int32(lda), b,
                         np.int32(ldb), beta, c, np.int32(ldc))
+
+    @_jit
+    def _product(addr, ilp64, caddr, packed_b, full, m, n, k, one, a, lda, b, ldb, beta, c,
+                 ldc):
+        """A step's recurrent product ``C (m, n) = A (m, k) B (k, n) + beta C``, row-major, at
+        addresses ``a, b, c``: by MKL's ``cblas_?gemm_compute`` at ``caddr`` on ``packed_b``
+        (``B`` packed for ``full`` rows, ``TimeLoop._packed_b``) where there is one and the step
+        has all ``full`` rows, else by ``cblas_?gemm`` at ``addr``."""
+        if caddr != 0 and m == full:
+            _cblas_compute(caddr, np.int32(m), np.int32(n), np.int32(k), a, np.int32(lda),
+                           _at(packed_b, 0), np.int32(ldb), beta, c, np.int32(ldc))
+        else:
+            _gemm(addr, ilp64, m, n, k, one, a, lda, b, ldb, beta, c, ldc)
 
     @_jit
     def _sync(flags, part, n):
@@ -105,17 +138,19 @@ if _fused.available():
         return True
 
     @_jit
-    def forward_loop(kind, relu, addr, ilp64, panels, edge, part, flags, A, R, WhT, bias, b_hn,
-                     Sh, Sc, cache, sizes, reverse, j0, j1, W, rows, scale, table, keys):
+    def forward_loop(kind, relu, addr, ilp64, caddr, packed_b, panels, edge, part, flags, A, R,
+                     WhT, bias, b_hn, Sh, Sc, cache, sizes, reverse, j0, j1, W, rows, scale,
+                     table, keys):
         """Part ``part`` of one direction's forward loop, ``_Recurrent._run_direction``'s: the
         hidden units ``[j0, j1)``. ``A`` holds ``x W_ih^T`` (or has each step's rows looked up
         from ``table``, below), the part's block of it
         (``TimeLoop.blocks``: ``(T, N, gates (j1 - j0))``); ``R`` is scratch for the
         step's recurrent product, ``(N, G)``, or ``(N, gates * (j1 - j0))`` (the part's units);
         states, caches and ``sizes`` (active rows a step) as there. The product is
-        ``cblas_?gemm`` at ``addr`` with ``WhT (H, G)`` (all units, one part), or, when
-        ``panels`` is not empty, ``packed.gemm`` with the part's columns of ``W_hh^T`` packed
-        there. A barrier ends each step (every part of ``h_t`` written). False when another
+        ``cblas_?gemm`` at ``addr`` with ``WhT (H, G)`` (all units, one part; ``_product``: by
+        MKL's ``cblas_?gemm_compute`` at ``caddr`` on ``packed_b``, ``WhT`` packed by MKL, where
+        ``caddr`` is not 0), or, when ``panels`` is not empty, ``packed.gemm`` with the part's
+        columns of ``W_hh^T`` packed there. A barrier ends each step (every part of ``h_t`` written). False when another
         part failed. ``W``, ``rows``, ``scale``, when ``rows`` is not empty: the part packs
         its panels first, ``packed.pack_rows_t(W, rows, scale, panels)`` (the two parts side
         by side). ``table (V, gates (j1 - j0))`` and ``keys (T, N)``, when ``keys`` has rows: a
@@ -135,8 +170,8 @@ if _fused.available():
             if P:                                                 # R = h_{t-1} W_hh^T
                 _packed.gemm(Sh[p], panels, R, 0, P, 0, b, False, edge)
             else:
-                _gemm(addr, ilp64, b, G, H, one, _at(Sh, p * N * H), H, _at(WhT, 0), G, zero,
-                      _at(R, 0), G)
+                _product(addr, ilp64, caddr, packed_b, N, b, G, H, one, _at(Sh, p * N * H), H,
+                         _at(WhT, 0), G, zero, _at(R, 0), G)
             if keys.shape[0]:                                     # A[t] = table[keys[t]]
                 for n in range(b):
                     _fused._copy_row(A[t, n], table[keys[t, n]])
@@ -155,12 +190,13 @@ if _fused.available():
         return True
 
     @_jit
-    def backward_loop(kind, relu, addr, ilp64, panels, panels1, edge, part, flags, A, A0, A1,
-                      Wh, dHH, Sh, Sc, cache, gbuf, dh, dc, dout, has_dout, sizes, reverse, j0,
-                      j1, db, dbn, keys, W, rows, rows1):
+    def backward_loop(kind, relu, addr, ilp64, caddr, packed_b, panels, panels1, edge, part,
+                      flags, A, A0, A1, Wh, dHH, Sh, Sc, cache, gbuf, dh, dc, dout, has_dout,
+                      sizes, reverse, j0, j1, db, dbn, keys, W, rows, rows1):
         """Part ``part`` of one direction's backward loop, ``_Recurrent._back_direction``'s: the
         units ``[j0, j1)``, ``A`` the part's block as in ``forward_loop``. ``Wh (G, H)`` the
-        unscaled recurrent weights in fused order (or the part's columns of them packed in
+        unscaled recurrent weights in fused order (packed by MKL in ``packed_b`` too where
+        ``caddr`` is not 0, as in ``forward_loop``; or the part's columns of them packed in
         ``panels``; where each part has a block of its own, the LSTM's and RNN's step product
         ``dZ_t W_hh`` is two, ``A0[t]`` by ``panels`` and ``A1[t]`` by ``panels1``, the rows of
         ``W_hh`` for each block's columns, packed from ``rows`` and ``rows1``),
@@ -218,7 +254,8 @@ if _fused.available():
                         _packed.gemm(A1[t], panels1, dh[:, j0:j1], 0, P, 0, b, True, edge)
             else:
                 src = _at(dHH, (s % 2) * N * G) if kind == GRU else _at(A, t * N * G)
-                _gemm(addr, ilp64, b, H, G, one, src, G, _at(Wh, 0), H, beta, _at(dh, 0), H)
+                _product(addr, ilp64, caddr, packed_b, N, b, H, G, one, src, G, _at(Wh, 0), H,
+                         beta, _at(dh, 0), H)
         return True
 
     # the loops compile in the kernels, the packed product and the atomics of three other files
@@ -246,6 +283,9 @@ class TimeLoop:
         self.addr = 0 if self.packed else (native.sgemm if cell.dtype == np.float32
                                            else native.dgemm)
         self.ilp64 = False if self.packed else native.ilp64
+        # MKL: its product by a B it has packed, for the step's W_hh (``_packed_b``)
+        self.caddr = 0 if self.packed else (native.scompute if cell.dtype == np.float32
+                                            else native.dcompute)
         self._ws = {}                     # the packed loop's reused buffers and column maps
 
     @classmethod
@@ -275,6 +315,15 @@ class TimeLoop:
         if b is None or b.size < size:
             b = self._ws[name] = np.empty(size, dtype=np.float32)
         return b[:size].reshape(shape)
+
+    def _packed_b(self, B, N):
+        """``B`` packed by MKL for products of ``N`` rows (``blas.MklBlas.pack_b``) into the
+        one buffer this loop keeps for it (the forward and the backward pass take turns: each
+        packs its own at its start), or an empty array where the loop's BLAS does not pack."""
+        if not self.caddr:
+            return _NO_BYTES
+        self._ws["mkl"] = self.cell.blas.pack_b(B, N, self._ws.get("mkl"))
+        return self._ws["mkl"]
 
     def blocks(self, A, cuts):
         """Each part's block of ``A (T, N, G)``: where the loop runs on two threads, each owns a
@@ -445,14 +494,15 @@ class TimeLoop:
         else:
             WhT, panels, R = f.WhT, [_NO_PANELS], [np.empty((N, G), dtype=A.dtype)]
             W, cols = _NO_WEIGHTS, [(_NO_ROWS, _NO_SCALE)]
+        packed_b = _NO_BYTES if self.packed else self._packed_b(WhT, N)
         blocks = self.blocks(A, cuts)
         if keys is None:
             keys, tables = _NO_KEYS, [A[0, :0]] * len(blocks)    # no table: 0 rows
         else:
             keys, tables = np.ascontiguousarray(keys, dtype=np.int64), self.table_blocks(P, cuts)
         self._run(forward_loop, lambda k, flags: (
-            self.kind, self.relu, self.addr, self.ilp64, panels[k], _edge(), k, flags,
-            blocks[k], R[k], WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k],
+            self.kind, self.relu, self.addr, self.ilp64, self.caddr, packed_b, panels[k],
+            _edge(), k, flags, blocks[k], R[k], WhT, f.b, b_hn, S[0], Sc, hn, sizes, reverse, cuts[k],
             cuts[k + 1], W, *cols[k], tables[k], keys), cuts)
 
     def backward(self, f, A, S, cache, d, gbuf, dout, sizes, reverse: bool, keys=None,
@@ -495,6 +545,7 @@ class TimeLoop:
         else:
             Wh, panels, panels1 = f.Wh, [_NO_PANELS] * (len(cuts) - 1), [_NO_PANELS] * 2
             W, rows0, rows1 = _NO_WEIGHTS, _NO_ROWS, _NO_ROWS
+        packed_b = _NO_BYTES if self.packed else self._packed_b(Wh, N)
         # no sums: a db without rows (and a dbn the GRU's kernel does not write)
         db, dbn = np.empty((0, G), dtype=A.dtype), np.empty(0, dtype=A.dtype)
         if keys is not None:
@@ -506,8 +557,8 @@ class TimeLoop:
         if db.shape[0] and self.kind == GRU:
             dbn = np.empty(self.cell.hidden_size, dtype=A.dtype)
         self._run(backward_loop, lambda k, flags: (
-            self.kind, self.relu, self.addr, self.ilp64, panels[k], panels1[k], _edge(), k,
-            flags, blocks[k], A0, A1, Wh, dHH, S[0], Sc, hn, g, d[0], dc, dout, has_dout,
+            self.kind, self.relu, self.addr, self.ilp64, self.caddr, packed_b, panels[k],
+            panels1[k], _edge(), k, flags, blocks[k], A0, A1, Wh, dHH, S[0], Sc, hn, g, d[0], dc, dout, has_dout,
             sizes, reverse, cuts[k], cuts[k + 1], db, dbn, keys, W, rows0, rows1), cuts)
         if not db.shape[0]:
             return None
@@ -519,6 +570,7 @@ _NO_WEIGHTS = np.empty((1, 1), dtype=np.float32)               # the packed path
 _NO_SCALE = np.empty(0, dtype=np.float32)                       # no columns to pack
 _NO_KEYS = np.empty((0, 0), dtype=np.int64)         # no lookup; sums of dZ into one row
 _NO_ROWS = np.empty(0, dtype=np.int64)                          # no weights to pack
+_NO_BYTES = np.empty(0, dtype=np.uint8)                 # no weights packed by MKL
 
 
 def _edge():
