@@ -5,7 +5,9 @@ At every time step an LSTM multiplies its state by the recurrent weights, ``h W_
 ``B`` rows only, that run far below the GEMM peak. Timed here:
 
 - NumPy's OpenBLAS on its two threads (what rnnkit uses), and on one thread;
-- MKL (``rnnkit[mkl]``), when it is installed;
+- MKL (``rnnkit[mkl]``), when it is installed: its GEMM, and its product by weights it has
+  packed once (``cblas_sgemm_pack`` / ``cblas_sgemm_compute``), which the loop over time
+  takes on MKL;
 - rnnkit's own packed kernel (``rnnkit.packed``, ``blas="packed"``; needs numba): the weights
   packed once, as oneDNN keeps them, where a general GEMM re-packs them at every call; on one
   core, and with the panels split between two threads that run side by side with no
@@ -27,7 +29,8 @@ from common import finish, parser, side_by_side
 SHAPES = [("forward h W_hh^T", 32, 256, 1024), ("backward dZ W_hh", 32, 1024, 256),
           ("forward h W_hh^T", 64, 512, 2048), ("backward dZ W_hh", 64, 2048, 512)]
 LIBS = (("numpy", "NumPy"), ("numpy_1t", "NumPy 1 thread"), ("mkl", "MKL"),
-        ("packed_1t", "packed 1 core"), ("packed_2t", "packed 2 cores"))
+        ("mkl_packed", "MKL, W packed"), ("packed_1t", "packed 1 core"),
+        ("packed_2t", "packed 2 cores"))
 
 
 if packed.available():
@@ -52,7 +55,7 @@ def compare(name, M, K, N, calls=200, rounds=5) -> dict:
             for _ in range(calls):
                 fn()
         return run
-    fns = {"numpy": loop(lambda: np.matmul(a, w, out=out))}
+    fns, errors = {"numpy": loop(lambda: np.matmul(a, w, out=out))}, {}
     set_threads, get_threads = blas._openblas_functions()
     if set_threads is not None:
         def one_thread():
@@ -66,7 +69,10 @@ def compare(name, M, K, N, calls=200, rounds=5) -> dict:
     mkl = blas.load_mkl()
     if mkl is not None:
         fns["mkl"] = loop(lambda: mkl.matmul(a, w, out=out))
-    errors = {}
+        w_packed, outm = mkl.pack_b(w, M), np.empty((M, N), np.float32)
+        mkl.matmul_packed(a, w_packed, outm)
+        errors["mkl_packed"] = float(np.abs(outm - want).max() / np.abs(want).max())
+        fns["mkl_packed"] = loop(lambda: mkl.matmul_packed(a, w_packed, outm))
     if packed.available():
         panels = packed.pack(w)
         P = panels.shape[0]
@@ -90,9 +96,9 @@ def compare(name, M, K, N, calls=200, rounds=5) -> dict:
         row[f"{lib}_us"], row[f"{lib}_gflops"] = us, 2 * M * K * N / us / 1e3
     if mkl is not None:
         row["speedup"] = row["numpy_us"] / row["mkl_us"]
-    if errors:
-        row["packed_rel_error"] = errors["packed"]
-        assert errors["packed"] < 1e-5, f"the packed kernel is wrong: {errors['packed']:.1e}"
+    for name, err in errors.items():
+        row[f"{name}_rel_error"] = err
+        assert err < 1e-5, f"the {name} product is wrong: {err:.1e}"
     return row
 
 

@@ -324,3 +324,24 @@ def test_transpose_into_a_block_of_columns(by, dtype, monkeypatch):
     assert (wide[:, :100] == 7).all() and (wide[:, 250:] == 7).all()       # nothing else
     blas.transpose_into(a[10:20, 5:], 1.0, wide[5:, :10])                # strided rows too
     np.testing.assert_array_equal(wide[5:, :10], a[10:20, 5:].T)
+
+
+@needs_mkl
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,K,N", [(32, 256, 1024), (32, 1024, 256), (1, 64, 48), (5, 37, 148)])
+def test_mkl_product_by_a_packed_matrix_equals_numpy(dtype, M, K, N):
+    """``pack_b`` then ``matmul_packed``, as the loop over time multiplies by ``W_hh``; the
+    buffer is reused when it is large enough, and a product by it stays right."""
+    rng = np.random.default_rng(M + K)
+    a, w = rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((K, N)).astype(dtype)
+    buf = MKL.pack_b(w, M)
+    close(MKL.matmul_packed(a, buf, np.empty((M, N), dtype)), a @ w)
+    w2 = rng.standard_normal((K, N)).astype(dtype)
+    assert MKL.pack_b(w2, M, buf) is buf
+    close(MKL.matmul_packed(a, buf, np.empty((M, N), dtype)), a @ w2)
+    wide = np.zeros((M, N + 3), dtype)                       # out may be a block of columns
+    MKL.matmul_packed(a, buf, wide[:, 1:N + 1])
+    close(wide[:, 1:N + 1], a @ w2)
+    assert not wide[:, 0].any() and not wide[:, N + 1:].any()
+    with pytest.raises(ValueError, match="row-major"):
+        MKL.matmul_packed(a.astype(np.float16), buf, np.empty((M, N), dtype))

@@ -119,7 +119,10 @@ class MklBlas:
             size.argtypes, size.restype = [i, i, i, i], ctypes.c_size_t   # (which, M, N, K)
             pack.argtypes = [i, i, i, i, i, i, fl, vp, i, vp]  # (layout, which, trans, M, N,
             pack.restype = None                                # K, alpha, src, ld, dest)
-            self._pack[dt] = (size, pack)
+            compute = getattr(lib, f"cblas_{ch}gemm_compute")  # (layout, transa, transb, M,
+            compute.argtypes = [i, i, i, i, i, i, vp, i, vp, i, fl, vp, i]   # N, K, a, lda,
+            compute.restype = None                                # b, ldb, beta, c, ldc)
+            self._pack[dt] = (size, pack, compute)
 
     def native(self):
         """MKL's GEMM for compiled code (``NativeGemm``), and its product by a packed ``B``."""
@@ -137,13 +140,27 @@ class MklBlas:
         1024). MKL asks for 10x the matrix's size at H=256 and writes less than 2x of it
         (the untouched pages are never resident); a buffer is not to be moved once packed."""
         k, n = B.shape
-        size_of, pack = self._pack[B.dtype]
+        size_of, pack, _ = self._pack[B.dtype]
         size = size_of(_PACK_B, m, n, k)
         if buf is None or buf.nbytes < size:
             buf = np.empty(size, dtype=np.uint8)
         pack(_ROW, _PACK_B, _NOTRANS, m, n, k, 1.0, B.ctypes.data, B.strides[0] // B.itemsize,
              buf.ctypes.data)
         return buf
+
+    def matmul_packed(self, a, packed, out):
+        """``out (m, n) = a (m, k) B`` for a ``B (k, n)`` that ``pack_b(B, m)`` packed: a step's
+        product as the loop over time makes it (``timeloop._product``), for the benchmark and
+        the tests. ``a`` and ``out`` of ``B``'s dtype, rows of contiguous items."""
+        if not (a.dtype == out.dtype and _row_major(a) and _row_major(out)
+                and out.shape[0] == a.shape[0]):
+            raise ValueError("matmul_packed: a and out must be row-major, of one dtype and "
+                             "as many rows")
+        (m, k), n = a.shape, out.shape[1]
+        self._pack[a.dtype][2](_ROW, _NOTRANS, _PACKED, m, n, k, a.ctypes.data,
+                               a.strides[0] // a.itemsize, packed.ctypes.data, n, 0.0,
+                               out.ctypes.data, out.strides[0] // out.itemsize)
+        return out
 
     def version(self) -> str:
         buf = ctypes.create_string_buffer(256)
