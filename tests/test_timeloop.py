@@ -287,3 +287,18 @@ def test_compiled_loop_sums_the_bias_gradients(monkeypatch, kind):
         for k in grads["python"]:
             np.testing.assert_allclose(grads[name][k], grads["python"][k], rtol=1e-5,
                                        atol=1e-5, err_msg=f"{name} {k}")
+
+
+@pytest.mark.skipif(blas.load_mkl() is None, reason="needs MKL (rnnkit[mkl])")
+def test_an_mkl_that_cannot_pack_runs_the_loop_on_its_gemm(monkeypatch):
+    """An MKL without ``cblas_?gemm_pack`` (older than 2017) still does the loop's products,
+    by its GEMM."""
+    monkeypatch.setattr(blas.load_mkl(), "_pack", {})
+    rng = np.random.default_rng(5)
+    inputs = (rng.standard_normal((4, 6, 5)), None, None, rng.standard_normal((4, 6, 32)), None)
+    layer = LSTM(5, 32, num_layers=2, dtype=np.float64, blas="mkl", rng=np.random.default_rng(2))
+    assert TimeLoop.for_cell(layer.cells[0][0]).caddr == 0
+    compiled, python = both_loops(monkeypatch, lambda: layer, inputs)
+    for a, b in zip(compiled, python):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert "mkl" not in TimeLoop.for_cell(layer.cells[0][0])._ws

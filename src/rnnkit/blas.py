@@ -111,24 +111,29 @@ class MklBlas:
             g.argtypes = [i, i, i, i, i, i, fl, vp, i, vp, i, fl, vp, i]   # a, lda, b, ldb,
             g.restype = None                                              # beta, c, ldc)
             self._gemm[dt] = g
+        # packing a matrix once for many products (MKL 2017 and later; without it, no packing)
         self._pack = {}
         for dt, ch, fl in ((np.dtype(np.float32), "s", ctypes.c_float),
                            (np.dtype(np.float64), "d", ctypes.c_double)):
-            size, pack = getattr(lib, f"cblas_{ch}gemm_pack_get_size"), getattr(
-                lib, f"cblas_{ch}gemm_pack")
+            fns = [getattr(lib, f"cblas_{ch}gemm_{name}", None)
+                   for name in ("pack_get_size", "pack", "compute")]
+            if None in fns:
+                continue
+            size, pack, compute = fns
             size.argtypes, size.restype = [i, i, i, i], ctypes.c_size_t   # (which, M, N, K)
             pack.argtypes = [i, i, i, i, i, i, fl, vp, i, vp]  # (layout, which, trans, M, N,
             pack.restype = None                                # K, alpha, src, ld, dest)
-            compute = getattr(lib, f"cblas_{ch}gemm_compute")  # (layout, transa, transb, M,
-            compute.argtypes = [i, i, i, i, i, i, vp, i, vp, i, fl, vp, i]   # N, K, a, lda,
-            compute.restype = None                                # b, ldb, beta, c, ldc)
+            compute.argtypes = [i, i, i, i, i, i, vp, i, vp, i, fl, vp, i]   # (layout, transa,
+            compute.restype = None      # transb, M, N, K, a, lda, b, ldb, beta, c, ldc)
             self._pack[dt] = (size, pack, compute)
 
     def native(self):
-        """MKL's GEMM for compiled code (``NativeGemm``), and its product by a packed ``B``."""
+        """MKL's GEMM for compiled code (``NativeGemm``), and its product by a packed ``B``
+        where this MKL packs."""
+        compute = [_address(self._pack[np.dtype(dt)][2]) if np.dtype(dt) in self._pack else 0
+                   for dt in (np.float32, np.float64)]
         return NativeGemm(_address(self.lib.cblas_sgemm), _address(self.lib.cblas_dgemm), False,
-                          _address(self.lib.cblas_sgemm_compute),
-                          _address(self.lib.cblas_dgemm_compute))
+                          *compute)
 
     def pack_b(self, B, m: int, buf=None):
         """``B (k, n)`` (rows of contiguous items) in MKL's packed format, for products
