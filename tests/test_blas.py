@@ -64,8 +64,8 @@ def test_auto_leaves_mkl_alone_on_other_cpus(monkeypatch):
 def test_a_large_model_on_avx512_with_two_cores_takes_the_packed_kernel(monkeypatch):
     """blas.for_model: auto becomes packed for float32 on the CPU, for recurrent weights of
     2^16 entries or more (an LSTM from H=128 on, a GRU from H=148, an RNN from H=256), with numba,
-    AVX-512 and two cores, where the processor is not Intel's (MKL's) and RNNKIT_BLAS does not
-    choose; a language model asks it for all of its layers."""
+    AVX-512 and two cores, where the processor is not Intel's with MKL installed and
+    RNNKIT_BLAS does not choose; a language model asks it for all of its layers."""
     from rnnkit import packed
     from rnnkit.models.language_model import LanguageModel, LMConfig
     monkeypatch.delenv("RNNKIT_BLAS", raising=False)
@@ -86,11 +86,16 @@ def test_a_large_model_on_avx512_with_two_cores_takes_the_packed_kernel(monkeypa
     for cell, H in (("lstm", 100), ("gru", 140), ("rnn", 200)):
         small = LanguageModel(LMConfig(vocab_size=7, cell=cell, hidden_size=H, embedding_size=8))
         assert small.rnn.cells[0][0].blas.name == small.decoder.blas.name == "numpy"
-    for patch in (("avx512_cpu", lambda: False), ("_cores", lambda: 1),
-                  ("intel_cpu", lambda: True)):
+    for patch in (("avx512_cpu", lambda: False), ("_cores", lambda: 1)):
         with monkeypatch.context() as m:
             m.setattr(blas, *patch)
             assert blas.for_model("auto", 512) == "auto"
+    with monkeypatch.context() as m:              # Intel's: MKL where it loads, else packed
+        m.setattr(blas, "intel_cpu", lambda: True)
+        m.setattr(blas, "load_mkl", lambda: object())
+        assert blas.for_model("auto", 512) == "auto"
+        m.setattr(blas, "load_mkl", lambda: None)
+        assert blas.for_model("auto", 512) == big
     monkeypatch.setenv("RNNKIT_BLAS", "numpy")
     assert blas.for_model("auto", 512) == "auto"                  # and get_blas reads it
     monkeypatch.delenv("RNNKIT_BLAS")

@@ -532,7 +532,13 @@ def for_model(name: str, hidden_size: int, gates: int = 4, device: str = "cpu",
     ``RNNKIT_BLAS`` unset or ``auto``) becomes ``packed`` for float32 on the CPU where
     ``auto_packs()`` and ``W_hh`` has ``gates * hidden_size**2 >= PACKED_MIN_WEIGHTS`` entries:
     the packed kernel's gain is in the per-step product by ``W_hh``, against the fixed costs of
-    its two threads.
+    its two threads. On an Intel processor with MKL installed, ``auto`` stays MKL: on a 2-core
+    Xeon (AVX-512; ``benchmarks/bench_train.py``, three to five runs each) MKL ran the H=256
+    language models 1.01-1.09x (LSTM), 1.02-1.15x (GRU) and 1.09-1.79x (RNN) as fast as the
+    packed kernel, and those of H=512 1.07-1.18x; the packed kernel won only at H=1024 with
+    B=16 (1.18-1.24x PyTorch's speed against MKL's 0.94-1.25x). Without MKL there, the packed
+    kernel ran 1.25-1.28x (LSTM) and 1.16-1.20x (GRU) as fast as OpenBLAS at H=256, 1.06-1.11x
+    at H=512; the H=256 RNN 0.78-1.19x (and half OpenBLAS's speed at B=8).
 
     Measured on a 2-core AMD EPYC (Zen 4), side by side with OpenBLAS in the same process
     (``benchmarks/bench_train.py``, four to fourteen runs each): language models trained on
@@ -547,7 +553,8 @@ def for_model(name: str, hidden_size: int, gates: int = 4, device: str = "cpu",
     all three), GRUs of H=160-224 0.85-1.14x (best step faster in all four)."""
     if (name != "auto" or device != "cpu" or np.dtype(dtype) != np.float32
             or gates * hidden_size ** 2 < PACKED_MIN_WEIGHTS
-            or os.environ.get("RNNKIT_BLAS", "auto") not in ("", "auto") or intel_cpu()):
+            or os.environ.get("RNNKIT_BLAS", "auto") not in ("", "auto")
+            or (intel_cpu() and load_mkl() is not None)):
         return name
     return "packed" if auto_packs() else name
 
