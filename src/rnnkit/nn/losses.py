@@ -51,18 +51,19 @@ class SoftmaxCrossEntropy(Module):
         nll = xp.log(sumexp[:, 0]) - picked                        # (M,)
         count = int(counted.sum())
         total = float((nll * counted).sum())
-        exp /= sumexp                                              # softmax, reused by backward
-        self._cache = (exp, tc, counted, rows, logits.shape)
+        # exp and its row sums, for backward: it divides by the sums as it scales, one pass
+        # over the (M, C) array where a softmax here would make two
+        self._cache = (exp, sumexp, tc, counted, rows, logits.shape)
         self.count, self.total = count, total
         return total / count if count else 0.0
 
     def backward(self, dloss: float = 1.0):
         if self._cache is None:
             raise RuntimeError("SoftmaxCrossEntropy.backward called before forward (or twice)")
-        probs, tc, counted, rows, shape = self._cache
-        dz = probs                                                 # owned by this call now
+        exp, sumexp, tc, counted, rows, shape = self._cache
+        dz = exp                                                   # owned by this call now
         self._cache = None
-        dz[rows, tc] -= 1.0
-        scale = dloss / self.count if self.count else 0.0
-        dz *= (counted * scale).astype(dz.dtype)[:, None]
+        scale = (counted * (dloss / self.count if self.count else 0.0)).astype(dz.dtype)
+        dz *= scale[:, None] / sumexp                              # softmax(z) * scale
+        dz[rows, tc] -= scale
         return dz.reshape(shape)
