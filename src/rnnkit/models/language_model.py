@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from ..blas import for_model, get_blas
-from ..nn.basic import check_ids
 from ..nn import GRU, LSTM, RNN, Dropout, Embedding, Linear, Module, SoftmaxCrossEntropy
+from ..nn.basic import check_ids
 
 CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 
