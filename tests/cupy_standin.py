@@ -25,6 +25,21 @@ import types
 import numpy as np
 
 _MIX = "Unsupported type <class 'numpy.ndarray'>"          # CuPy's words for a host array
+# copies to the host so far: each waits for the device to finish what it was given (on a GPU,
+# microseconds and an idle device between the copy and the next launch), counted by
+# ``syncs()`` for the tests that bound how many a step makes
+_SYNCS = [0]
+
+
+def syncs() -> int:
+    """How many times a stand-in array has been copied to the host (``get``, ``int``,
+    ``float``, ``bool``, ``item``, ``tolist``, formatting) since the process started."""
+    return _SYNCS[0]
+
+
+def _synced(value):
+    _SYNCS[0] += 1
+    return value
 
 
 class _Flags:
@@ -98,7 +113,7 @@ class ndarray:                                            # noqa: N801 - CuPy's 
 
     def get(self):
         """A NumPy copy, on the host."""
-        return self._a.copy()
+        return _synced(self._a.copy())
 
     def __len__(self):
         return len(self._a)
@@ -113,19 +128,19 @@ class ndarray:                                            # noqa: N801 - CuPy's 
         return str(self._a)
 
     def __format__(self, spec):
-        return format(self._a.item() if self._a.ndim == 0 else self._a, spec)
+        return _synced(format(self._a.item() if self._a.ndim == 0 else self._a, spec))
 
     def __float__(self):
-        return float(self._a)
+        return _synced(float(self._a))
 
     def __int__(self):
-        return int(self._a)
+        return _synced(int(self._a))
 
     def __index__(self):
-        return operator.index(self._a)
+        return _synced(operator.index(self._a))
 
     def __bool__(self):
-        return bool(self._a)
+        return _synced(bool(self._a))
 
     def __getitem__(self, key):
         return _wrap(self._a[_unwrap(key)])
@@ -153,6 +168,8 @@ class ndarray:                                            # noqa: N801 - CuPy's 
                 raise TypeError(f"{name}() got an unexpected keyword argument {refused.pop()!r}")
             out = kwargs.get("out")
             result = attr(*_unwrap(args, False), **_unwrap(kwargs, False))
+            if name in ("item", "tolist"):                        # to the host
+                return _synced(result)
             return out if out is not None else _wrap(result)
         return method
 

@@ -151,8 +151,10 @@ def test_cross_entropy_all_ignored_is_zero_and_errors():
     assert np.all(ce.backward() == 0)
     with pytest.raises(ValueError, match="does not match"):
         ce(np.zeros((2, 3), np.float32), np.array([0, 1, 2]))
-    with pytest.raises(ValueError, match=r"\[0, 3\)"):
-        ce(np.zeros((2, 3), np.float32), np.array([0, 3]))
+    for bad in ([0, 3], [-5, 1], [7, -2]):            # checked after the forward's work
+        with pytest.raises(ValueError, match=r"\[0, 3\)"):
+            ce(np.zeros((2, 3), np.float32), np.array(bad))
+    assert ce(np.zeros((0, 3), np.float32), np.zeros(0, np.int64)) == 0.0 and ce.count == 0
 
 
 def test_cross_entropy_backward_needs_a_forward():

@@ -166,3 +166,26 @@ def test_stepping_an_id_out_of_range_is_refused_on_the_gpu():
     for bad in ([0, 5], [-1, 2]):
         with pytest.raises(ValueError, match="ids must lie"):
             stepper.step(model.xp.asarray(np.array(bad)))
+
+
+@pytest.mark.parametrize("cell,dropout", [("lstm", 0.0), ("gru", 0.2)])
+def test_a_training_step_copies_to_the_host_twice(request, cell, dropout):
+    """Every copy to the host waits for the device to finish what it was given: a language
+    model's training step makes two, the ids' range (checked before the lookup) and the loss
+    with its count and the targets' range (one copy each, where ``int()`` and ``float()`` of
+    each made six). Counted on the stand-in (dropout's masks go the other way)."""
+    if request.node.callspec.params["cuda"] == "gpu":
+        pytest.skip("copies are counted on the stand-in")
+    cfg = LMConfig(vocab_size=11, cell=cell, embedding_size=6, hidden_size=8, num_layers=2,
+                   dropout=dropout)
+    model = LanguageModel(cfg, rng=np.random.default_rng(0), device="cuda")
+    opt = Adam(model.params, model.grads)
+    x = model.xp.asarray(np.random.default_rng(1).integers(0, 11, (3, 5)))
+    model.loss(x, x)
+    model.backward()
+    opt.step()
+    before = cupy_standin.syncs()
+    loss = model.loss(x, x)
+    model.backward()
+    opt.step()
+    assert cupy_standin.syncs() - before == 2 and isinstance(loss, float)

@@ -69,6 +69,17 @@ def to_numpy(arr) -> np.ndarray:
     return np.asarray(arr)
 
 
+def host_values(*values) -> tuple:
+    """The numbers in 0-d arrays (reductions, say) as Python floats, wherever they live: on a
+    GPU all of them in one copy to the host, where ``float()`` of each would wait for the
+    device and copy once each. Exact for integers up to 2^53 and for float32 and float64."""
+    if all(isinstance(v, (np.ndarray, np.generic, int, float)) for v in values):
+        return tuple(float(v) for v in values)
+    xp = array_module(next(v for v in values if not isinstance(v, (np.generic, int, float))))
+    both = xp.stack([xp.asarray(v, dtype=xp.float64) for v in values])
+    return tuple(to_numpy(both).tolist())
+
+
 def asarray(xp, arr, dtype=None):
     """``arr`` as an array of module ``xp`` (copying across devices when it has to)."""
     if xp is np:

@@ -133,9 +133,11 @@ def check_ids(ids, num_rows: int, owner: str) -> None:
     if not hasattr(ids, "dtype") or ids.dtype.kind not in "iu":
         raise ValueError(f"{owner}: ids must be an integer array, got "
                          f"{getattr(ids, 'dtype', type(ids).__name__)}")
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_rows):
-        raise ValueError(f"{owner}: ids must lie in [0, {num_rows}), got range "
-                         f"[{int(ids.min())}, {int(ids.max())}]")
+    if not ids.size:
+        return
+    lo, hi = (int(v) for v in backend.host_values(ids.min(), ids.max()))  # one copy on a GPU
+    if lo < 0 or hi >= num_rows:
+        raise ValueError(f"{owner}: ids must lie in [0, {num_rows}), got range [{lo}, {hi}]")
 
 
 def scatter_rows(dW, ids, rows):

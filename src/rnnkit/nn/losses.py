@@ -1,6 +1,7 @@
 """Softmax cross-entropy over the last axis, PyTorch's ``F.cross_entropy`` semantics."""
 from __future__ import annotations
 
+from .. import backend
 from .module import Module
 
 
@@ -40,17 +41,22 @@ class SoftmaxCrossEntropy(Module):
         t = targets.reshape(-1)                                    # (M,)
         counted = t != self.ignore_index
         tc = xp.where(counted, t, 0)
-        if t.size and (int(tc.min()) < 0 or int(tc.max()) >= C):
-            raise ValueError(f"SoftmaxCrossEntropy: targets must lie in [0, {C}) or equal "
-                             f"ignore_index={self.ignore_index}")
         shifted = z - z.max(axis=1, keepdims=True)                 # (M, C), max is 0
         rows = xp.arange(z.shape[0])
-        picked = shifted[rows, tc]                                 # (M,): the targets' logits
+        # (M,): the targets' logits; a target out of range is refused below, once its range
+        # has come to the host with the count and the total
+        picked = shifted[rows, xp.clip(tc, 0, C - 1)]
         exp = xp.exp(shifted, out=shifted)                         # in place: one array a call
         sumexp = exp.sum(axis=1, keepdims=True)
         nll = xp.log(sumexp[:, 0]) - picked                        # (M,)
-        count = int(counted.sum())
-        total = float((nll * counted).sum())
+        # one copy to the host on a GPU, where each int() or float() would wait for the device
+        lo, hi, count, total = backend.host_values(
+            tc.min() if t.size else 0, tc.max() if t.size else 0, counted.sum(),
+            (nll * counted).sum())
+        if lo < 0 or hi >= C:
+            raise ValueError(f"SoftmaxCrossEntropy: targets must lie in [0, {C}) or equal "
+                             f"ignore_index={self.ignore_index}")
+        count = int(count)
         # exp and its row sums, for backward: it divides by the sums as it scales, one pass
         # over the (M, C) array where a softmax here would make two
         self._cache = (exp, sumexp, tc, counted, rows, logits.shape)
