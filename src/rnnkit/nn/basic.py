@@ -135,7 +135,10 @@ def check_ids(ids, num_rows: int, owner: str) -> None:
                          f"{getattr(ids, 'dtype', type(ids).__name__)}")
     if not ids.size:
         return
-    lo, hi = (int(v) for v in backend.host_values(ids.min(), ids.max()))  # one copy on a GPU
+    if isinstance(ids, np.ndarray):             # (at every step of sampling: kept cheap)
+        lo, hi = int(ids.min()), int(ids.max())
+    else:                                       # on a GPU, both in one copy to the host
+        lo, hi = (int(v) for v in backend.host_values(ids.min(), ids.max()))
     if lo < 0 or hi >= num_rows:
         raise ValueError(f"{owner}: ids must lie in [0, {num_rows}), got range [{lo}, {hi}]")
 
